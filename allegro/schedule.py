@@ -1,0 +1,67 @@
+"""Allegro's noise schedule, as its reference pipelines sample it.
+
+Training: 1000 DDPM steps, betas linear from 1e-4 to 2e-2 (diffusers' "linear"; ComfyUI calls
+the same curve "sqrt_linear"), epsilon prediction. Inference (diffusers' Euler schedulers with
+"linspace" spacing): timesteps evenly spaced from 999 to 0 — fractional — and each step's sigma
+linearly interpolated in the sigma table. `sigma_at` / `timestep_at` are that interpolation and
+its exact inverse, so a sampler working in sigmas hands the model the reference's timesteps.
+"""
+import numpy as np
+import torch
+
+NUM_TRAIN_TIMESTEPS = 1000
+
+
+def training_sigmas(num_train_timesteps: int = NUM_TRAIN_TIMESTEPS, beta_start: float = 1e-4,
+                    beta_end: float = 2e-2) -> torch.Tensor:
+    """sigma_t = sqrt((1 - alpha_bar_t) / alpha_bar_t), increasing, [num_train_timesteps] float32.
+    Computed in float32 as the reference does (float64 would shift the table by ~1e-6)."""
+    betas = torch.linspace(beta_start, beta_end, num_train_timesteps, dtype=torch.float32)
+    alphas_cumprod = torch.cumprod(1.0 - betas, dim=0)
+    return ((1 - alphas_cumprod) / alphas_cumprod) ** 0.5
+
+
+def sigma_at(timestep: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+    """Piecewise-linear sigma at (fractional) timesteps, in float64 like numpy.interp; float32 out."""
+    t = timestep.to(torch.float64).clamp(0, len(table) - 1)
+    low = t.floor().long().clamp(max=len(table) - 2)
+    table64 = table.to(device=t.device, dtype=torch.float64)
+    slope = table64[low + 1] - table64[low]
+    return (slope * (t - low) + table64[low]).to(torch.float32)
+
+
+def timestep_at(sigma: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+    """Inverse of `sigma_at`: the fractional timestep whose interpolated sigma is `sigma`."""
+    s = sigma.to(torch.float64)
+    table64 = table.to(device=s.device, dtype=torch.float64)
+    s = s.clamp(table64[0], table64[-1])
+    high = torch.searchsorted(table64, s.contiguous()).clamp(1, len(table) - 1)
+    low = high - 1
+    fraction = (s - table64[low]) / (table64[high] - table64[low])
+    # Exact up to float32 rounding: two adjacent float32 timesteps can share one float32 sigma,
+    # so a round trip may land one float32 step (< 1e-5) away from the original timestep.
+    return (low + fraction).to(torch.float32)
+
+
+def linspace_schedule(steps: int, table: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """diffusers' Euler "linspace" schedule: (timesteps [steps], sigmas [steps + 1] ending in 0),
+    float32, computed with numpy exactly as the reference scheduler does."""
+    if steps < 1:
+        raise ValueError(f"steps must be at least 1, got {steps}")
+    count = len(table)
+    timesteps = np.linspace(0, count - 1, steps, dtype=np.float32)[::-1].copy()
+    sigmas = np.interp(timesteps, np.arange(0, count), table.cpu().numpy())
+    sigmas = np.concatenate([sigmas, [0.0]]).astype(np.float32)
+    return torch.from_numpy(timesteps), torch.from_numpy(sigmas)
+
+
+class ReferenceNoise:
+    """The random stream of the reference pipelines: one CPU generator seeded once draws the
+    initial latent noise and then, in order, every ancestral step's noise. (ComfyUI instead seeds
+    a fresh generator for the step noise, so its ancestral samples differ from the reference.)"""
+
+    def __init__(self, seed: int):
+        self.generator = torch.Generator("cpu").manual_seed(seed)
+
+    def draw(self, shape, device=None, dtype=torch.float32) -> torch.Tensor:
+        return torch.randn(tuple(shape), generator=self.generator, dtype=torch.float32).to(device=device, dtype=dtype)

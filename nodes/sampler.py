@@ -1,0 +1,116 @@
+"""Allegro sampler: ComfyUI's samplers and schedulers with Allegro's reference defaults, plus the
+reference pipeline's schedule and random stream so a graph can reproduce it exactly."""
+import inspect
+
+import torch
+
+import comfy.model_management
+import comfy.sample
+import comfy.samplers
+import comfy.utils
+import latent_preview
+
+from ..allegro.schedule import ReferenceNoise, linspace_schedule
+
+CATEGORY = "Allegro"
+REFERENCE_SCHEDULER = "linspace (reference)"
+NOISE_STREAMS = ("reference", "comfy")
+
+
+def schedule(model, sampler_name: str, scheduler: str, steps: int, denoise: float) -> torch.Tensor:
+    """Sigmas [steps + 1] for the last `denoise` fraction of a longer schedule, as KSampler does
+    (including its extra step for the samplers that discard the penultimate sigma)."""
+    if denoise <= 0:
+        return torch.FloatTensor([])
+    total = steps if denoise >= 1 else int(steps / denoise)
+    discard_penultimate = sampler_name in comfy.samplers.KSampler.DISCARD_PENULTIMATE_SIGMA_SAMPLERS
+    model_sampling = model.get_model_object("model_sampling")
+    count = total + 1 if discard_penultimate else total
+    if scheduler == REFERENCE_SCHEDULER:
+        _, sigmas = linspace_schedule(count, model_sampling.sigmas)
+    else:
+        sigmas = comfy.samplers.calculate_sigmas(model_sampling, scheduler, count).cpu()
+    if discard_penultimate:
+        sigmas = torch.cat([sigmas[:-2], sigmas[-1:]])
+    return sigmas[-(steps + 1):]
+
+
+def make_sampler(sampler_name: str, noise_stream: ReferenceNoise | None, shape, device):
+    """A ComfyUI sampler; with the reference stream, ancestral/SDE steps draw their noise from it."""
+    sampler = comfy.samplers.sampler_object(sampler_name)
+    function = getattr(sampler, "sampler_function", None)
+    if noise_stream is not None and function is not None and "noise_sampler" in inspect.signature(function).parameters:
+        sampler.extra_options = {**sampler.extra_options,
+                                 "noise_sampler": lambda sigma, sigma_next: noise_stream.draw(shape, device)}
+    return sampler
+
+
+class AllegroSampler:
+    DESCRIPTION = ("Samples an Allegro video latent. Defaults are the reference pipeline's: Euler ancestral, "
+                   "100 steps, CFG 7.5 (8 for TI2V), evenly spaced timesteps and one random stream, which "
+                   "reproduce the official results for the same seed. Every ComfyUI sampler and scheduler works.")
+    CATEGORY = CATEGORY
+    RETURN_TYPES = ("LATENT",)
+    RETURN_NAMES = ("latent",)
+    OUTPUT_TOOLTIPS = ("The denoised video latent; decode it with 'Allegro VAE Decode'.",)
+    FUNCTION = "sample"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "model": ("MODEL", {"tooltip": "The Allegro (or Allegro-TI2V) model from 'Load Allegro Model'."}),
+            "positive": ("CONDITIONING", {"tooltip": "What the video should show (from 'Allegro Text Encode', "
+                                                     "or from 'Allegro TI2V Conditioning' for image-to-video)."}),
+            "negative": ("CONDITIONING", {"tooltip": "What to steer away from (the reference negative prompt by default)."}),
+            "latent": ("LATENT", {"tooltip": "Empty Allegro latent (text-to-video), the TI2V node's latent, or an "
+                                             "encoded video with denoise below 1 (video-to-video)."}),
+            "seed": ("INT", {"default": 42, "min": 0, "max": 0xffffffffffffffff, "control_after_generate": True,
+                             "tooltip": "Random seed. With the reference noise stream, the same seed as the official "
+                                        "script gives the same video (single_inference.py uses 42)."}),
+            "steps": ("INT", {"default": 100, "min": 1, "max": 1000, "tooltip": "Denoising steps; the reference uses 100."}),
+            "cfg": ("FLOAT", {"default": 7.5, "min": 0.0, "max": 30.0, "step": 0.1, "round": 0.01,
+                              "tooltip": "Classifier-free guidance: 7.5 for T2V, 8.0 for TI2V in the reference; 1 disables it."}),
+            "sampler_name": (comfy.samplers.KSampler.SAMPLERS, {"default": "euler_ancestral",
+                             "tooltip": "Sampling method; the reference uses Euler ancestral."}),
+            "scheduler": ([REFERENCE_SCHEDULER] + list(comfy.samplers.KSampler.SCHEDULERS), {
+                "default": REFERENCE_SCHEDULER,
+                "tooltip": "Noise schedule. 'linspace (reference)': timesteps evenly spaced from 999 to 0, exactly as "
+                           "the official pipeline; 'normal' is ComfyUI's equivalent."}),
+            "noise_stream": (list(NOISE_STREAMS), {
+                "default": "reference",
+                "tooltip": "'reference': one CPU generator draws the start noise and every ancestral step's noise, "
+                           "as the official pipeline does. 'comfy': ComfyUI's usual noise (KSampler's results)."}),
+            "denoise": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.01,
+                                  "tooltip": "1 for text/image-to-video. Below 1, the input latent is kept in part "
+                                             "(video-to-video: encode a video with the Allegro VAE first)."}),
+        }}
+
+    def sample(self, model, positive, negative, latent, seed, steps, cfg, sampler_name, scheduler,
+               noise_stream, denoise):
+        latent_image = comfy.sample.fix_empty_latent_channels(model, latent["samples"])
+        check_latent(latent_image)
+        sigmas = schedule(model, sampler_name, scheduler, steps, denoise)
+        if noise_stream == "reference":
+            stream = ReferenceNoise(seed)
+            noise = stream.draw(latent_image.shape)
+            sampler = make_sampler(sampler_name, stream, latent_image.shape, model.load_device)
+        else:
+            noise = comfy.sample.prepare_noise(latent_image, seed, latent.get("batch_index"))
+            sampler = comfy.samplers.sampler_object(sampler_name)
+        callback = latent_preview.prepare_callback(model, len(sigmas) - 1)
+        samples = comfy.sample.sample_custom(
+            model, noise, cfg, sampler, sigmas, positive, negative, latent_image,
+            noise_mask=latent.get("noise_mask"), callback=callback,
+            disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED, seed=seed)
+        out = latent.copy()
+        out["samples"] = samples
+        return (out,)
+
+
+def check_latent(samples: torch.Tensor):
+    if samples.ndim != 5 or samples.shape[1] != 4:
+        raise ValueError(f"Allegro samples video latents [batch, 4, frames, height/8, width/8]; got a LATENT of "
+                         f"shape {list(samples.shape)}. Use 'Allegro Empty Latent Video' or an Allegro VAE encode.")
+    if samples.shape[-1] % 2 or samples.shape[-2] % 2:
+        raise ValueError(f"The latent's height and width ({samples.shape[-2]}x{samples.shape[-1]}) must be even "
+                         "(video sides a multiple of 16 pixels).")

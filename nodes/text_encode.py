@@ -1,0 +1,67 @@
+"""Allegro text encode: prompt → T5 hidden states + attention mask, as the reference pipelines
+prepare them (template, caption cleaning, 512 tokens with EOS, padding masked)."""
+import logging
+
+from ..allegro import prompt as prompts
+
+CATEGORY = "Allegro"
+MAX_TOKENS = 512
+
+
+def t5_tokenizer_of(clip):
+    tokenizer = getattr(getattr(clip, "tokenizer", None), "t5xxl", None)
+    if tokenizer is None:
+        raise ValueError("Allegro needs a T5-XXL text encoder: load t5xxl_fp16.safetensors (or fp8) with the "
+                         "stock 'Load CLIP' node set to type 'mochi' (or 'ltxv'), or use 'Load Allegro T5 (diffusers)'.")
+    return tokenizer
+
+
+def encode(clip, text: str, clean: bool, label: str):
+    """[[hidden states [1, 512, d], {"attention_mask": [1, 512]}]] — standard CONDITIONING."""
+    hf_tokenizer = t5_tokenizer_of(clip).tokenizer
+    seen = prompts.preprocess_prompt(text, clean=clean)
+    tokens = prompts.tokenize_for_t5(lambda s: hf_tokenizer(s, add_special_tokens=False)["input_ids"], seen,
+                                     max_length=MAX_TOKENS)
+    if tokens.truncated:
+        logging.warning("Allegro %s prompt: T5 reads at most %d tokens; dropped: %s", label, MAX_TOKENS, tokens.dropped_text)
+    encoded = clip.encode_from_tokens({"t5xxl": [[(int(i), 1.0) for i in tokens.ids]]}, return_dict=True)
+    mask = encoded.get("attention_mask")
+    if mask is None:
+        raise ValueError("This CLIP runs T5 without an attention mask, which Allegro was trained with: load the T5 "
+                         "with 'Load CLIP' type 'mochi' or 'ltxv' (types sd3, flux and pixart return no mask).")
+    return [[encoded["cond"], {"attention_mask": mask, "pooled_output": None}]]
+
+
+class AllegroTextEncode:
+    DESCRIPTION = ("Encodes the prompt and the negative prompt with T5 for Allegro: the reference positive "
+                   "template and caption cleaning (optional), 512 tokens, padding masked.")
+    CATEGORY = CATEGORY
+    RETURN_TYPES = ("CONDITIONING", "CONDITIONING")
+    RETURN_NAMES = ("positive", "negative")
+    OUTPUT_TOOLTIPS = ("The prompt's conditioning (to the sampler's positive, or the TI2V node).",
+                       "The negative prompt's conditioning (to the sampler's negative, or the TI2V node).")
+    FUNCTION = "encode"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "clip": ("CLIP", {"tooltip": "T5-XXL: 'Load CLIP' (type mochi) with t5xxl_fp16.safetensors, or "
+                                         "'Load Allegro T5 (diffusers)'."}),
+            "prompt": ("STRING", {"multiline": True, "dynamicPrompts": True, "default": "",
+                                  "tooltip": "What the video shows. Long, concrete English descriptions work best; "
+                                             "T5 reads 512 tokens at most (the rest is dropped with a warning)."}),
+            "negative_prompt": ("STRING", {"multiline": True, "dynamicPrompts": True,
+                                           "default": prompts.NEGATIVE_PROMPT.strip(),
+                                           "tooltip": "What to avoid; pre-filled with the reference scripts' negative prompt."}),
+            "use_template": ("BOOLEAN", {"default": True,
+                                         "tooltip": "Wrap the prompt in the reference scripts' quality template "
+                                                    "(the maintainers say it was not used in training)."}),
+            "clean_caption": ("BOOLEAN", {"default": True,
+                                          "tooltip": "Clean the text as the reference pipelines do before T5 "
+                                                     "(drops URLs, HTML, brackets and a few words like 'jpeg')."}),
+        }}
+
+    def encode(self, clip, prompt, negative_prompt, use_template, clean_caption):
+        text = prompts.apply_template(prompt) if use_template else prompt
+        return (encode(clip, text, clean_caption, "positive"),
+                encode(clip, negative_prompt, clean_caption, "negative"))

@@ -1,0 +1,116 @@
+"""The main job (`make demo`): run workflows/allegro_t2v.json end to end in a headless ComfyUI with
+this package installed, and print the path of the video it writes.
+
+With the real Allegro weights in the ComfyUI models folders (see README: models/diffusers/Allegro
+and models/text_encoders/t5xxl_fp16.safetensors) it runs the workflow as saved. Without them it
+writes TINY RANDOM-WEIGHT checkpoints and runs the same graph on them at a small size: the
+pipeline is real, the video is noise.
+"""
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(REPO / "tests"), str(REPO)]
+
+from allegro_harness.runtime import comfyui_dir   # noqa: E402
+from allegro_harness.server import ComfyServer     # noqa: E402
+from scripts.workflow_api import workflow_to_prompt   # noqa: E402
+
+WORKFLOW = REPO / "workflows" / "allegro_t2v.json"
+TINY_SIZE = {"width": 240, "height": 160, "length": 24}
+TINY_STEPS = 8
+
+
+def real_weights_present(models: Path, prompt: dict) -> bool:
+    """Every file or folder the workflow's loaders name exists under `models`."""
+    wanted = []
+    for node in prompt.values():
+        inputs = node["inputs"]
+        if node["class_type"] in ("AllegroModelLoader", "AllegroVAELoader", "AllegroT5Loader"):
+            name = inputs.get("model_name") or inputs.get("vae_name") or inputs.get("text_encoder")
+            folder = {"AllegroModelLoader": "diffusion_models", "AllegroVAELoader": "vae"}.get(node["class_type"], "text_encoders")
+            wanted.append(models / name if name.startswith("diffusers/") else models / folder / name)
+        if node["class_type"] == "CLIPLoader":
+            wanted.append(models / "text_encoders" / inputs["clip_name"])
+    return bool(wanted) and all(path.exists() for path in wanted)
+
+
+def use_tiny_models(prompt: dict, models: Path) -> dict:
+    from tiny_models import write_all
+    write_all(models)
+    for node_id, node in list(prompt.items()):
+        inputs = node["inputs"]
+        if node["class_type"] in ("AllegroModelLoader",):
+            inputs.update(model_name="diffusers/Allegro-tiny", weight_dtype="fp32")
+        elif node["class_type"] == "AllegroVAELoader":
+            inputs["vae_name"] = "diffusers/Allegro-tiny"
+        elif node["class_type"] in ("CLIPLoader", "AllegroT5Loader"):
+            # A tiny T5 cannot pass ComfyUI's T5-XXL detection: load it from the tiny hub folder.
+            prompt[node_id] = {"class_type": "AllegroT5Loader",
+                               "inputs": {"text_encoder": "diffusers/Allegro-tiny", "dtype": "fp32"}}
+        elif node["class_type"] == "AllegroEmptyLatentVideo":
+            inputs.update(TINY_SIZE)
+        elif node["class_type"] == "AllegroSampler":
+            inputs["steps"] = TINY_STEPS
+    return prompt
+
+
+def saved_videos(entry: dict, output_dir: Path) -> list[Path]:
+    paths = []
+    for outputs in entry["outputs"].values():
+        for item in outputs.get("images", []) + outputs.get("videos", []) + outputs.get("gifs", []):
+            path = output_dir / item.get("subfolder", "") / item["filename"]
+            if path.suffix in (".mp4", ".webm", ".mov", ".gif"):
+                paths.append(path)
+    return paths
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workflow", type=Path, default=WORKFLOW)
+    parser.add_argument("--tiny", action="store_true", help="use tiny random weights even if real ones exist")
+    parser.add_argument("--gpu", action="store_true", help="do not force --cpu")
+    args = parser.parse_args()
+
+    workflow = json.loads(args.workflow.read_text())
+    real_base = comfyui_dir()
+    demo_base = REPO / ".cache" / "demo"
+    # /object_info turns the UI workflow into an API prompt: ask a server on the user's ComfyUI
+    # (where real weights would be); without them, restart on the demo folder with tiny ones.
+    server = ComfyServer(real_base, cpu=not args.gpu)
+    try:
+        server.start()
+        prompt = workflow_to_prompt(workflow, server.object_info())
+        tiny = args.tiny or not real_weights_present(real_base / "models", prompt)
+        if tiny:
+            server.stop()
+            print("=" * 78)
+            print("No Allegro weights found in", real_base / "models")
+            print("(expected models/diffusers/Allegro and models/text_encoders/t5xxl_fp16.safetensors).")
+            print("Running the workflow with TINY RANDOM-WEIGHT checkpoints at", TINY_SIZE, f"{TINY_STEPS} steps:")
+            print("every node runs for real, but the video is NOISE from a test-size model, not Allegro output.")
+            print("=" * 78, flush=True)
+            server = ComfyServer(demo_base, cpu=not args.gpu)
+            server.start()
+            prompt = use_tiny_models(workflow_to_prompt(workflow, server.object_info()), demo_base / "models")
+        started = time.time()
+        entry = server.run(prompt, timeout=3600)
+        if entry["status"]["status_str"] != "success":
+            messages = dict(entry["status"]["messages"])
+            error = messages.get("execution_error", {})
+            print("The workflow failed:", error.get("exception_message", entry["status"]), file=sys.stderr)
+            return 1
+        videos = saved_videos(entry, server.base_dir / "output")
+        print(f"Done in {time.time() - started:.0f} s{' (tiny random weights: noise)' if tiny else ''}.")
+        for path in videos:
+            print(path)
+        return 0 if videos else 1
+    finally:
+        server.stop()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

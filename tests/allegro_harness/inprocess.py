@@ -1,0 +1,122 @@
+"""ComfyUI's own executor, run inside the test process.
+
+ComfyUI keeps global state (its argument namespace, folder_paths, the node registry), so one
+runtime serves a whole pytest session: `InProcessComfy.boot(base_dir)` once, then `run(prompt)`.
+"""
+import asyncio
+import sys
+import uuid
+from dataclasses import dataclass, field
+
+from .runtime import comfyui_dir, prepare_base_dir
+
+
+@dataclass
+class RunResult:
+    status: str                      # "success", "error" or "interrupted"
+    outputs: dict                    # node id -> tuple of the node's return values
+    ui: dict                         # node id -> the node's UI output (what /history shows)
+    messages: list = field(default_factory=list)   # (event, data) as the web client would get them
+    progress: list = field(default_factory=list)   # (node id, value, total, has_preview)
+
+    @property
+    def error(self) -> dict | None:
+        for event, data in self.messages:
+            if event == "execution_error":
+                return data
+        return None
+
+
+class _ServerStub:
+    """What PromptExecutor and the progress handlers need of server.PromptServer."""
+
+    def __init__(self):
+        self.client_id = None
+        self.last_node_id = None
+        self.last_prompt_id = None
+        self.sockets_metadata = {}
+        self.messages = []
+
+    def send_sync(self, event, data, sid=None):
+        self.messages.append((event, data))
+
+    def queue_updated(self):
+        pass
+
+
+class InProcessComfy:
+    _instance = None
+
+    @classmethod
+    def boot(cls, base_dir):
+        if cls._instance is None:
+            cls._instance = cls(base_dir)
+        return cls._instance
+
+    def __init__(self, base_dir):
+        base_dir = prepare_base_dir(base_dir)
+        # ComfyUI's top-level modules (nodes, utils, execution) must win over same-named folders
+        # of this repository, which pytest puts on sys.path.
+        sys.path.insert(0, str(comfyui_dir()))
+        from comfy.cli_args import args
+        args.cpu = True                          # before comfy.model_management is imported
+        args.base_directory = str(base_dir)      # before folder_paths is imported
+        args.disable_auto_launch = True
+        import utils.extra_config  # noqa: F401  (else `utils` resolves to comfy/utils.py)
+        import comfy.utils
+        import comfy.model_management
+        import execution
+        import nodes
+
+        self.base_dir = base_dir
+        self.nodes = nodes
+        self.execution = execution
+        self.model_management = comfy.model_management
+        asyncio.run(nodes.init_extra_nodes(init_custom_nodes=True, init_api_nodes=False))
+        self.server = _ServerStub()
+        self.progress = []
+        comfy.utils.set_progress_bar_global_hook(self._progress_hook)
+        self.executor = execution.PromptExecutor(self.server, cache_type=execution.CacheType.CLASSIC,
+                                                 cache_args={"lru": 0, "ram": 0})
+
+    def _progress_hook(self, value, total, preview_image, prompt_id=None, node_id=None):
+        # As main.py's hook: every progress update is also a chance to stop.
+        self.model_management.throw_exception_if_processing_interrupted()
+        self.progress.append((self.server.last_node_id, value, total, preview_image is not None))
+
+    @property
+    def node_types(self) -> dict:
+        return self.nodes.NODE_CLASS_MAPPINGS
+
+    def validate(self, prompt: dict):
+        """(ok, error, node_errors) exactly as POST /prompt would judge the graph."""
+        ok, error, _outputs, node_errors = asyncio.run(
+            self.execution.validate_prompt(str(uuid.uuid4()), prompt, None))
+        return ok, error, node_errors
+
+    def run(self, prompt: dict, fresh: bool = True) -> RunResult:
+        """Validate and execute an API-format graph; `fresh` drops cached node outputs first."""
+        ok, error, _outputs, node_errors = asyncio.run(
+            self.execution.validate_prompt(str(uuid.uuid4()), prompt, None))
+        if not ok:
+            raise AssertionError(f"graph rejected: {error} {node_errors}")
+        if fresh:
+            self.executor.reset()
+        self.server.messages = []
+        self.progress = []
+        prompt_id = str(uuid.uuid4())
+        self.server.last_prompt_id = prompt_id
+        self.executor.execute(prompt, prompt_id, extra_data={}, execute_outputs=list(_outputs))
+        events = [event for event, _ in self.server.messages]
+        status = ("success" if "execution_success" in events
+                  else "interrupted" if "execution_interrupted" in events else "error")
+        outputs = {}
+        for node_id in prompt:
+            entry = self.executor.caches.outputs.get(node_id)
+            if entry is not None:
+                outputs[node_id] = entry.outputs
+        return RunResult(status, outputs, self.executor.history_result.get("outputs", {}),
+                         list(self.server.messages), list(self.progress))
+
+    def interrupt(self):
+        self.nodes.interrupt_processing(True)

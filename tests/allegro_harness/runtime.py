@@ -1,0 +1,34 @@
+"""Where the test ComfyUI lives, and the base directory (models, input, output) a test run uses."""
+import os
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+PACKAGE_DIR_NAME = "ComfyUI-Allegro"
+
+# The sub-folders of models/ the package reads from (ComfyUI's names).
+MODEL_FOLDERS = ("diffusion_models", "vae", "text_encoders", "diffusers", "checkpoints", "upscale_models")
+
+
+def comfyui_dir() -> Path:
+    """The ComfyUI checkout the tests run: $COMFYUI_PATH, else the one scripts/setup.sh unpacked."""
+    path = Path(os.environ.get("COMFYUI_PATH") or REPO_ROOT / ".comfyui" / "ComfyUI")
+    if not (path / "main.py").is_file():
+        raise RuntimeError(
+            f"No ComfyUI at {path}. Run `bash scripts/setup.sh` (or `make test`), "
+            "or set COMFYUI_PATH to a ComfyUI checkout."
+        )
+    return path
+
+
+def prepare_base_dir(base: Path) -> Path:
+    """Lay out a ComfyUI --base-directory: this package linked into custom_nodes/, empty model folders."""
+    base = Path(base)
+    (base / "custom_nodes").mkdir(parents=True, exist_ok=True)
+    link = base / "custom_nodes" / PACKAGE_DIR_NAME
+    if not link.exists():
+        link.symlink_to(REPO_ROOT, target_is_directory=True)
+    for name in MODEL_FOLDERS:
+        (base / "models" / name).mkdir(parents=True, exist_ok=True)
+    for name in ("input", "output", "temp", "user"):
+        (base / name).mkdir(exist_ok=True)
+    return base

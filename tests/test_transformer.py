@@ -1,0 +1,185 @@
+"""The DiT equals diffusers' AllegroTransformer3DModel on the same weights, and the TI2V branches
+behave as the original repo's: zeroed they change nothing, non-zero they change the output."""
+import pytest
+import torch
+from diffusers import AllegroTransformer3DModel
+from diffusers.models.embeddings import apply_rotary_emb_allegro, get_3d_rotary_pos_embed_allegro
+
+from allegro.rope import RotaryEmbedding3D
+from allegro.transformer import AllegroTransformer3D, TransformerConfig
+
+TINY = dict(num_attention_heads=2, attention_head_dim=24, num_layers=2, cross_attention_dim=48,
+            caption_channels=32, in_channels=4, out_channels=4)
+
+
+def reference_model(seed=0):
+    torch.manual_seed(seed)
+    return AllegroTransformer3DModel(**TINY, sample_frames=4, sample_height=8, sample_width=8).eval()
+
+
+def ours_from(reference, **overrides) -> AllegroTransformer3D:
+    model = AllegroTransformer3D(TransformerConfig.from_dict({**dict(reference.config), **overrides})).eval()
+    missing, unexpected = model.load_state_dict(reference.state_dict(), strict=False)
+    assert not unexpected
+    return model, missing
+
+
+def reference_rope(frames, rows, cols, head_dim, scales=(2.2, 2.0, 2.0)):
+    freqs_t, freqs_h, freqs_w, grid_t, grid_h, grid_w = get_3d_rotary_pos_embed_allegro(
+        head_dim, ((0, 0), (rows, cols)), (rows, cols), frames, scales)
+    positions = torch.cartesian_prod(grid_t.long(), grid_h.long(), grid_w.long()).T.reshape(3, 1, -1)
+    return (freqs_t, freqs_h, freqs_w), tuple(positions)
+
+
+def test_rope_equals_reference():
+    torch.manual_seed(1)
+    x = torch.randn(2, 3, 4 * 5 * 6, 24)
+    ours = RotaryEmbedding3D(24, (4, 5, 6), (2.2, 2.0, 2.0)).apply(x)
+    freqs, positions = reference_rope(4, 5, 6, 24)
+    assert torch.equal(ours, apply_rotary_emb_allegro(x, freqs, positions))
+
+
+def test_state_dict_names_and_shapes_equal_diffusers():
+    reference = reference_model()
+    model, missing = ours_from(reference)
+    assert missing == []
+    ours = model.state_dict()
+    theirs = reference.state_dict()
+    assert sorted(ours) == sorted(theirs)
+    assert all(ours[k].shape == theirs[k].shape for k in ours)
+
+
+@pytest.mark.parametrize("frames,height,width", [(3, 8, 8), (6, 20, 12)])
+def test_forward_equals_diffusers_with_caption_mask(frames, height, width):
+    reference = reference_model()
+    model, _ = ours_from(reference)
+    torch.manual_seed(2)
+    x = torch.randn(2, 4, frames, height, width)
+    timestep = torch.tensor([999.0, 388.909])
+    context = torch.randn(2, 16, 32)
+    mask = torch.ones(2, 16, dtype=torch.long)
+    mask[0, 5:] = 0
+    mask[1, 11:] = 0
+    with torch.no_grad():
+        freqs, positions = reference_rope(frames, height // 2, width // 2, 24)
+        expected = reference(x, context.unsqueeze(1), timestep, encoder_attention_mask=mask,
+                             image_rotary_emb=(freqs, positions), return_dict=False)[0]
+        actual = model(x, timestep, context, mask)
+    assert actual.shape == (2, 4, frames, height, width)
+    assert (actual - expected).abs().max().item() <= 1e-5
+    # The mask matters: padding tokens must not leak into the result.
+    context_changed = context.clone()
+    context_changed[0, 5:] = 100.0
+    with torch.no_grad():
+        assert torch.allclose(model(x, timestep, context_changed, mask)[0], actual[0], atol=1e-5)
+        assert not torch.allclose(model(x, timestep, context_changed, None)[0], actual[0], atol=1e-3)
+
+
+def ti2v_from(reference, branch_std):
+    model, missing = ours_from(reference, ti2v=True)
+    assert sorted(missing) == sorted(
+        f"pos_embed_{b}.{k}" for b in ("mask", "masked_video", "first_frame")
+        for k in ("0.proj.weight", "0.proj.bias", "1.weight"))
+    torch.manual_seed(3)
+    with torch.no_grad():
+        for name, tensor in model.state_dict().items():
+            if name in missing:
+                tensor.copy_(torch.randn_like(tensor) * branch_std)
+        for branch in ("pos_embed_mask", "pos_embed_masked_video", "pos_embed_first_frame"):
+            if branch_std == 0:
+                getattr(model, branch)[1].weight.zero_()     # as trained from: zero-initialised linears
+    return model
+
+
+def test_ti2v_with_zeroed_branches_equals_t2v():
+    reference = reference_model()
+    t2v, _ = ours_from(reference)
+    ti2v = ti2v_from(reference, branch_std=0.0)
+    torch.manual_seed(4)
+    latent = torch.randn(1, 4, 4, 8, 8)
+    condition = torch.randn(1, 8, 4, 8, 8)
+    timestep, context = torch.tensor([500.0]), torch.randn(1, 7, 32)
+    with torch.no_grad():
+        expected = t2v(latent, timestep, context)
+        actual = ti2v(torch.cat([latent, condition], dim=1), timestep, context)
+    assert (actual - expected).abs().max().item() <= 1e-5
+
+
+def test_ti2v_branches_change_the_output():
+    reference = reference_model()
+    ti2v = ti2v_from(reference, branch_std=0.05)
+    torch.manual_seed(5)
+    latent, context, timestep = torch.randn(1, 4, 4, 8, 8), torch.randn(1, 7, 32), torch.tensor([500.0])
+    masked_video, mask = torch.randn(1, 4, 4, 8, 8), torch.ones(1, 4, 4, 8, 8)
+    with torch.no_grad():
+        base = ti2v(torch.cat([latent, masked_video, mask], 1), timestep, context)
+        other_video = ti2v(torch.cat([latent, masked_video * 2, mask], 1), timestep, context)
+        other_mask = ti2v(torch.cat([latent, masked_video, mask * 0], 1), timestep, context)
+    assert (base - other_video).abs().max() > 1e-3
+    assert (base - other_mask).abs().max() > 1e-3
+
+
+def test_wrong_channel_count_is_a_clear_error():
+    model, _ = ours_from(reference_model())
+    with pytest.raises(ValueError, match="takes 4 input channels, got 12"):
+        model(torch.zeros(1, 12, 2, 8, 8), torch.tensor([1.0]), torch.zeros(1, 3, 32))
+    with pytest.raises(ValueError, match="multiples of 2"):
+        model(torch.zeros(1, 4, 2, 7, 8), torch.tensor([1.0]), torch.zeros(1, 3, 32))
+
+
+def test_rope_shared_tables_reproduce_the_original_cache():
+    """The original repo caches RoPE tables by length: with as many latent frames as token rows,
+    the rows reuse the frame axis's table (scale 2.2, not 2.0). Written out by hand here."""
+    from allegro.rope import axis_tables, rotate
+    torch.manual_seed(6)
+    x = torch.randn(1, 2, 4 * 4 * 6, 24)
+    shared = RotaryEmbedding3D(24, (4, 4, 6), (2.2, 2.0, 2.0), share_equal_lengths=True).apply(x)
+    frame_cos, frame_sin = axis_tables(8, 4, 2.2)
+    col_cos, col_sin = axis_tables(8, 6, 2.0)
+    t_index = torch.arange(4).repeat_interleave(24)
+    h_index = torch.arange(4).repeat_interleave(6).repeat(4)
+    w_index = torch.arange(6).repeat(16)
+    t, h, w = x.chunk(3, dim=-1)
+    expected = torch.cat([rotate(t, frame_cos[t_index], frame_sin[t_index]),
+                          rotate(h, frame_cos[h_index], frame_sin[h_index]),     # the frame axis's table
+                          rotate(w, col_cos[w_index], col_sin[w_index])], dim=-1)
+    assert torch.equal(shared, expected)
+    separate = RotaryEmbedding3D(24, (4, 4, 6), (2.2, 2.0, 2.0)).apply(x)
+    assert not torch.allclose(shared, separate)
+    # Without equal lengths the two agree.
+    x = torch.randn(1, 2, 3 * 4 * 6, 24)
+    assert torch.equal(RotaryEmbedding3D(24, (3, 4, 6), (2.2, 2.0, 2.0), share_equal_lengths=True).apply(x),
+                       RotaryEmbedding3D(24, (3, 4, 6), (2.2, 2.0, 2.0)).apply(x))
+
+
+def test_chunked_feed_forward_equals_unchunked():
+    model, _ = ours_from(reference_model())
+    torch.manual_seed(7)
+    x, timestep, context = torch.randn(1, 4, 5, 8, 10), torch.tensor([300.0]), torch.randn(1, 6, 32)
+    with torch.no_grad():
+        whole = model(x, timestep, context)
+        model.set_feed_forward_chunking(7)            # 100 tokens in chunks of 7
+        chunked = model(x, timestep, context)
+    assert (whole - chunked).abs().max().item() <= 1e-6
+
+
+def test_step_cache_skips_blocks_and_reuses_the_residual():
+    from allegro.step_cache import StepCache
+    model, _ = ours_from(reference_model())
+    torch.manual_seed(8)
+    x, context = torch.randn(1, 4, 3, 8, 8), torch.randn(1, 6, 32)
+    cache = StepCache(threshold=10.0, start=0.0, end=1.0)       # skip whenever possible
+    with torch.no_grad():
+        first = model(x, torch.tensor([900.0]), context, step_cache=cache, cache_key="c", progress=0.0)
+        assert torch.allclose(first, model(x, torch.tensor([900.0]), context), atol=1e-6)
+        nearby = x + 0.01 * torch.randn_like(x)
+        cached = model(nearby, torch.tensor([890.0]), context, step_cache=cache, cache_key="c", progress=0.5)
+        exact = model(nearby, torch.tensor([890.0]), context)
+    assert (cache.computed, cache.skipped) == (1, 1)
+    # Reusing the residual is close to, not equal to, the full computation.
+    assert 0 < (cached - exact).abs().max().item() < 0.5 * exact.abs().max().item()
+    never = StepCache(threshold=0.0)
+    with torch.no_grad():
+        for step in range(3):
+            model(x, torch.tensor([900.0 - step]), context, step_cache=never, cache_key="c", progress=step / 2)
+    assert (never.computed, never.skipped) == (3, 0)
