@@ -14,13 +14,6 @@ WEIGHT_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.fl
 VAE_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 TEXT_DTYPES = {"default": None, "fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 
-KIND_NAMES = {"allegro_t2v": "Allegro T2V DiT", "allegro_ti2v": "Allegro-TI2V DiT", "allegro_vae": "Allegro VAE",
-              "t5_encoder": "T5 text encoder"}
-
-
-def describe(kind: str) -> str:
-    return KIND_NAMES.get(kind, kind)
-
 
 def read_component(choice: str, folder_kind: str, component: str):
     """(config or None, state dict, metadata, path) from a diffusers folder or a single file."""
@@ -34,11 +27,12 @@ def read_component(choice: str, folder_kind: str, component: str):
 
 
 def expect_kind(state_dict, wanted: tuple[str, ...], path, node: str):
-    kind = checkpoints.identify(state_dict)
-    if kind not in wanted:
-        raise ValueError(f"{path.name} is a {describe(kind)}, not an {' or '.join(describe(w) for w in wanted)}. "
-                         f"Pick the right file in '{node}'.")
-    return kind
+    """(kind, state dict with any whole-pipeline prefix removed); a clear error for other weights."""
+    found = checkpoints.identify_checkpoint(state_dict)
+    if found.kind not in wanted:
+        expected = " or ".join(checkpoints.KIND_DESCRIPTIONS[w] for w in wanted)
+        raise ValueError(f"{path.name} is {found.description}, not {expected}. Pick the right file in '{node}'.")
+    return found.kind, checkpoints.strip_prefix(state_dict, found.prefix)
 
 
 class AllegroModelLoader:
@@ -65,17 +59,18 @@ class AllegroModelLoader:
 
     def load(self, model_name, weight_dtype):
         config, state_dict, metadata, path = read_component(model_name, "diffusion_models", "transformer")
-        kind = expect_kind(state_dict, ("allegro_t2v", "allegro_ti2v"), path, "Load Allegro Model")
+        kind, state_dict = expect_kind(state_dict, ("allegro_t2v", "allegro_ti2v"), path, "Load Allegro Model")
         if config is None:
-            config = checkpoints.infer_transformer_config(state_dict, metadata)
+            config = checkpoints.infer_transformer_config(state_dict, metadata, source=path.name)
         else:
             config = checkpoints.normalise_transformer_config(config)
         if config.get("ti2v", False) != (kind == "allegro_ti2v"):
             raise ValueError(f"{path}: config.json describes an Allegro{'-TI2V' if config.get('ti2v') else ' T2V'} "
-                             f"model but the weights are an {describe(kind)}; the folder mixes two downloads.")
+                             f"model but the weights are {checkpoints.KIND_DESCRIPTIONS[kind]}; the folder mixes "
+                             "two downloads.")
         # The only TI2V reference (the original repo) shares RoPE tables between equal-length axes.
         config = {**config, "rope_shares_equal_lengths": kind == "allegro_ti2v"}
-        logging.info("Loading %s from %s", describe(kind), path)
+        logging.info("Loading %s from %s", checkpoints.KIND_DESCRIPTIONS[kind], path)
         return (build_model(config, state_dict, WEIGHT_DTYPES[weight_dtype]),)
 
 
@@ -101,9 +96,9 @@ class AllegroVAELoader:
     def load(self, vae_name, dtype):
         from .comfy_vae import build_vae
         config, state_dict, metadata, path = read_component(vae_name, "vae", "vae")
-        expect_kind(state_dict, ("allegro_vae",), path, "Load Allegro VAE")
+        _, state_dict = expect_kind(state_dict, ("allegro_vae",), path, "Load Allegro VAE")
         if config is None:
-            config = checkpoints.infer_vae_config(state_dict, metadata)
+            config = checkpoints.infer_vae_config(state_dict, metadata, source=path.name)
         return (build_vae(config, state_dict, VAE_DTYPES[dtype]),)
 
 
@@ -130,5 +125,5 @@ class AllegroT5Loader:
         from .t5_clip import build_t5_clip
         folder = checkpoints.find_component(sources.resolve(text_encoder, "text_encoders"), "text_encoder")
         config, state_dict, _ = checkpoints.read_diffusers_component(folder)
-        expect_kind(state_dict, ("t5_encoder",), folder, "Load Allegro T5 (diffusers)")
+        _, state_dict = expect_kind(state_dict, ("t5_encoder",), folder, "Load Allegro T5 (diffusers)")
         return (build_t5_clip(config, state_dict, TEXT_DTYPES[dtype]),)

@@ -21,7 +21,7 @@ def encode(clip, text: str, clean: bool, label: str):
     hf_tokenizer = t5_tokenizer_of(clip).tokenizer
     seen = prompts.preprocess_prompt(text, clean=clean)
     tokens = prompts.tokenize_for_t5(lambda s: hf_tokenizer(s, add_special_tokens=False)["input_ids"], seen,
-                                     max_length=MAX_TOKENS)
+                                     max_length=MAX_TOKENS, decode_fn=hf_tokenizer.decode)
     if tokens.truncated:
         logging.warning("Allegro %s prompt: T5 reads at most %d tokens; dropped: %s", label, MAX_TOKENS, tokens.dropped_text)
     encoded = clip.encode_from_tokens({"t5xxl": [[(int(i), 1.0) for i in tokens.ids]]}, return_dict=True)

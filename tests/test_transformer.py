@@ -183,3 +183,19 @@ def test_step_cache_skips_blocks_and_reuses_the_residual():
         for step in range(3):
             model(x, torch.tensor([900.0 - step]), context, step_cache=never, cache_key="c", progress=step / 2)
     assert (never.computed, never.skipped) == (3, 0)
+
+
+def test_block_swap_keeps_the_output_and_restores_host_weights():
+    """On CPU the swap degenerates to moving tensors between identical devices, but the hook
+    plumbing (fetch, prefetch of the next block, release) runs for real."""
+    from allegro.block_swap import BlockSwap
+    model, _ = ours_from(reference_model())
+    torch.manual_seed(9)
+    x, timestep, context = torch.randn(1, 4, 3, 8, 8), torch.tensor([700.0]), torch.randn(1, 6, 32)
+    with torch.no_grad():
+        expected = model(x, timestep, context)
+        swap = BlockSwap(model, resident=1, device="cpu")
+        assert list(swap.host) == [1]
+        assert torch.equal(model(x, timestep, context), expected)
+        assert swap.ready == {}
+        swap.remove()

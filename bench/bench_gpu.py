@@ -1,0 +1,150 @@
+"""GPU benchmark at Allegro's full size (88 x 720 x 1280, 79,200 tokens, CFG batch 2) with the real
+architecture and random weights: seconds per step, minutes per 100 steps, achieved TFLOP/s, peak
+VRAM; SDPA backend choice, optional torch.compile, and block swap (only some blocks resident).
+
+    .venv/bin/python bench/bench_gpu.py                       # all blocks resident, auto SDPA
+    .venv/bin/python bench/bench_gpu.py --resident 32 16 8    # block-swap trade-off
+    .venv/bin/python bench/bench_gpu.py --compile --backend flash cudnn
+    .venv/bin/python bench/bench_gpu.py --vae                 # + tiled VAE decode of the full latent
+
+Prints a markdown table (with the device name) ready for bench/RESULTS.md.
+"""
+import argparse
+import contextlib
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from allegro.block_swap import BlockSwap                      # noqa: E402
+from allegro.transformer import AllegroTransformer3D, TransformerConfig   # noqa: E402
+
+LATENT = (22, 90, 160)          # 88 frames, 720 x 1280
+TEXT_TOKENS = 512
+
+
+def flops_per_step(config: TransformerConfig, tokens: int, batch: int = 2) -> float:
+    """Multiply-adds x 2 of one CFG step: projections, attention over all tokens, cross-attention
+    over the 512 caption tokens, and the 4x MLP, for every block."""
+    d = config.inner_dim
+    per_token = 8 * d * d + 4 * tokens * d + 4 * d * d + 4 * TEXT_TOKENS * d + 16 * d * d
+    context = 2 * 2 * TEXT_TOKENS * d * d                       # caption keys and values, per block
+    return batch * config.num_layers * (tokens * per_token + context)
+
+
+def sdpa_context(backend: str):
+    if backend == "auto":
+        return contextlib.nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    return sdpa_kernel({"flash": SDPBackend.FLASH_ATTENTION, "cudnn": SDPBackend.CUDNN_ATTENTION,
+                        "efficient": SDPBackend.EFFICIENT_ATTENTION, "math": SDPBackend.MATH}[backend])
+
+
+def random_model(device, dtype, layers: int) -> AllegroTransformer3D:
+    model = AllegroTransformer3D(TransformerConfig(num_layers=layers), device="cpu", dtype=dtype).eval()
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for tensor in model.parameters():
+            tensor.copy_(torch.randn(tensor.shape, generator=generator) * 0.02)
+    model.set_feed_forward_chunking(16384)
+    return model
+
+
+def time_steps(model, inputs, steps: int, warmup: int, backend: str) -> list[float]:
+    times = []
+    with torch.no_grad(), sdpa_context(backend):
+        for step in range(warmup + steps):
+            torch.cuda.synchronize()
+            start = time.perf_counter()
+            model(*inputs)
+            torch.cuda.synchronize()
+            if step >= warmup:
+                times.append(time.perf_counter() - start)
+    return times
+
+
+def bench_dit(args, device):
+    rows = []
+    dtype = torch.bfloat16
+    frames, rows_, cols = LATENT
+    x = torch.randn(2, 4, frames, rows_, cols, device=device, dtype=dtype)
+    timestep = torch.tensor([999.0, 999.0], device=device)
+    context = torch.randn(2, TEXT_TOKENS, 4096, device=device, dtype=dtype)
+    mask = torch.zeros(2, TEXT_TOKENS, device=device)
+    mask[:, :120] = 1
+    config = TransformerConfig(num_layers=args.layers)
+    tokens = frames * (rows_ // 2) * (cols // 2)
+    flops = flops_per_step(config, tokens)
+    for resident in args.resident:
+        for backend in args.backend:
+            model = random_model(device, dtype, args.layers)
+            swap = None
+            if resident >= args.layers:
+                model.to(device)
+            else:
+                for name, module in model.named_children():
+                    if name != "transformer_blocks":
+                        module.to(device)
+                model.scale_shift_table.data = model.scale_shift_table.data.to(device)
+                swap = BlockSwap(model, resident, device)
+            runner = torch.compile(model) if args.compile else model
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats(device)
+            times = time_steps(runner, (x, timestep, context, mask), args.steps, args.warmup, backend)
+            per_step = statistics.median(times)
+            rows.append((f"DiT, {resident}/{args.layers} blocks resident", backend, args.compile, per_step,
+                         per_step * 100 / 60, flops / per_step / 1e12, torch.cuda.max_memory_allocated(device) / 2**30))
+            if swap is not None:
+                swap.remove()
+            del model, runner
+            torch.cuda.empty_cache()
+    return rows, flops
+
+
+def bench_vae(args, device):
+    from allegro.vae import AllegroVAE, VAEConfig
+    from allegro import vae_tiling
+    vae = AllegroVAE(VAEConfig()).to(device).eval()
+    latent = torch.randn(1, 4, *LATENT, device=device)
+    torch.cuda.reset_peak_memory_stats(device)
+    with torch.no_grad():
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        vae_tiling.tiled_decode(vae, latent, output_device="cpu")
+        torch.cuda.synchronize()
+    return [("VAE decode 88x720x1280 (fp32, tiled)", "-", False, time.perf_counter() - start, float("nan"),
+             float("nan"), torch.cuda.max_memory_allocated(device) / 2**30)]
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--layers", type=int, default=32)
+    parser.add_argument("--resident", type=int, nargs="+", default=[32])
+    parser.add_argument("--backend", nargs="+", default=["auto"], choices=["auto", "flash", "cudnn", "efficient", "math"])
+    parser.add_argument("--compile", action="store_true")
+    parser.add_argument("--vae", action="store_true")
+    args = parser.parse_args()
+    if not torch.cuda.is_available():
+        print("bench_gpu.py needs a CUDA GPU (none found); see bench/RESULTS.md for measured figures.")
+        return 2
+    device = torch.device("cuda")
+    rows, flops = bench_dit(args, device)
+    if args.vae:
+        rows += bench_vae(args, device)
+    print(f"Device: {torch.cuda.get_device_name(device)}, torch {torch.__version__}; "
+          f"one CFG step = {flops / 1e15:.2f} PFLOP")
+    print(f"Command: {' '.join(sys.argv)}\n")
+    print("| what | SDPA | compile | s/step | min/100 steps | TFLOP/s | peak VRAM GiB |")
+    print("|---|---|---|---|---|---|---|")
+    for what, backend, compiled, seconds, minutes, tflops, vram in rows:
+        print(f"| {what} | {backend} | {compiled} | {seconds:.2f} | {minutes:.1f} | {tflops:.0f} | {vram:.1f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

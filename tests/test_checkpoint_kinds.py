@@ -1,0 +1,269 @@
+"""allegro.checkpoint_kinds: recognising weights by name and shape, and configs read from shapes.
+
+Key sets come from synthetic dicts with each family's distinctive names (original/ComfyUI formats)
+and from the real diffusers/transformers classes built on the meta device (no memory, no time)."""
+import json
+
+import pytest
+import torch
+
+from allegro.checkpoint_kinds import (
+    TRANSFORMER_DEFAULTS, CheckpointError, identify, identify_checkpoint, infer_transformer_config, infer_vae_config,
+    normalise_transformer_config,
+)
+from allegro.checkpoints import read_safetensors_header
+
+TINY_DIT = dict(num_attention_heads=2, attention_head_dim=24, num_layers=2, cross_attention_dim=48, caption_channels=32,
+                sample_frames=6, sample_height=20, sample_width=20)
+TINY_VAE = dict(block_out_channels=(8, 8, 16, 16), layers_per_block=1, norm_num_groups=4, latent_channels=4,
+                sample_size=160)
+# rhymes-ai/Allegro transformer/config.json as first published (the original repo's format).
+ORIGINAL_HUB_CONFIG = {
+    "_class_name": "AllegroTransformer3DModel", "_diffusers_version": "0.30.3", "activation_fn": "gelu-approximate",
+    "attention_bias": True, "attention_head_dim": 96, "ca_attention_mode": "xformers", "caption_channels": 4096,
+    "cross_attention_dim": 2304, "double_self_attention": False, "downsampler": None, "dropout": 0.0, "in_channels": 4,
+    "interpolation_scale_h": 2.0, "interpolation_scale_t": 2.2, "interpolation_scale_w": 2.0, "model_max_length": 300,
+    "norm_elementwise_affine": False, "norm_eps": 1e-06, "norm_type": "ada_norm_single", "num_attention_heads": 24,
+    "num_embeds_ada_norm": 1000, "num_layers": 32, "only_cross_attention": False, "out_channels": 4, "patch_size": 2,
+    "patch_size_t": 1, "sa_attention_mode": "flash", "sample_size": [90, 160], "sample_size_t": 22,
+    "upcast_attention": False, "use_additional_conditions": None, "use_linear_projection": False, "use_rope": True,
+}
+
+
+def pick(config, *keys):
+    return tuple(config[key] for key in keys)
+
+
+def meta_state_dict(factory):
+    with torch.device("meta"):
+        return factory().state_dict()
+
+
+def allegro_dit(**overrides):
+    from diffusers import AllegroTransformer3DModel
+    return meta_state_dict(lambda: AllegroTransformer3DModel(**{**TINY_DIT, **overrides}))
+
+
+def add_ti2v_branches(state_dict, width=48, channels=4, patch=2, skip=()):
+    out = dict(state_dict)
+    for branch in ("pos_embed_mask", "pos_embed_masked_video", "pos_embed_first_frame"):
+        if branch not in skip:
+            out[f"{branch}.0.proj.weight"] = torch.empty(width, channels, patch, patch, device="meta")
+            out[f"{branch}.0.proj.bias"] = torch.empty(width, device="meta")
+            out[f"{branch}.1.weight"] = torch.empty(width, width, device="meta")
+    return out
+
+
+def synthetic(*names, shape=(1,)):
+    return {name: torch.zeros(shape) for name in names}
+
+
+def prefixed(prefix, *names):
+    return [prefix + name for name in names]
+
+
+SD = "model.diffusion_model."
+SYNTHETIC = {   # the distinctive names of each family in its original (and ComfyUI's) format
+    "sd1.5/sd2 unet or checkpoint": synthetic(
+        *prefixed(SD, "input_blocks.0.0.weight", "middle_block.0.in_layers.0.weight"),
+        "first_stage_model.encoder.down.0.block.0.conv1.weight",
+        "cond_stage_model.transformer.text_model.embeddings.token_embedding.weight"),
+    "sdxl": synthetic(*prefixed(SD, "input_blocks.0.0.weight", "label_emb.0.0.weight"),
+                      "conditioner.embedders.0.transformer.text_model.embeddings.position_ids"),
+    "flux": synthetic("double_blocks.0.img_attn.qkv.weight", "single_blocks.0.linear1.weight", "img_in.weight"),
+    "sd3": synthetic(*prefixed(SD, "joint_blocks.0.context_block.attn.qkv.weight", "x_embedder.proj.weight")),
+    "wan": synthetic("patch_embedding.weight", "blocks.0.self_attn.q.weight", "head.modulation"),
+    "hunyuan video": synthetic("double_blocks.0.img_attn_qkv.weight",
+                               "txt_in.individual_token_refiner.blocks.0.norm1.weight"),
+    "ltxv": synthetic("patchify_proj.weight", "adaln_single.emb.timestep_embedder.linear_1.weight",
+                      "transformer_blocks.0.attn1.q_norm.weight"),
+    "mochi": synthetic("t5_yproj.weight", "t5_y_embedder.to_kv.weight", "blocks.0.attn.qkv_x.weight"),
+    "clip text encoder": synthetic("text_model.encoder.layers.0.self_attn.q_proj.weight",
+                                   "text_model.embeddings.token_embedding.weight"),
+    "pixart": synthetic("t_block.1.weight", "x_embedder.proj.weight", "blocks.0.attn.qkv.weight"),
+    "image vae": synthetic("encoder.down.0.block.0.conv1.weight", "decoder.up.0.block.0.conv1.weight",
+                           "quant_conv.weight"),
+    "t5_encoder": synthetic("shared.weight", "encoder.block.0.layer.0.SelfAttention.q.weight",
+                            "encoder.final_layer_norm.weight"),
+    "unknown": synthetic("foo.weight", "bar.bias"),
+}
+
+
+@pytest.mark.parametrize("kind", list(SYNTHETIC))
+def test_identify_synthetic_families(kind):
+    assert identify(SYNTHETIC[kind]) == kind
+
+
+def test_identify_reports_prefixes():
+    assert identify_checkpoint(SYNTHETIC["sdxl"]).prefix == SD
+    found = identify_checkpoint({SD + k: v for k, v in allegro_dit().items()})
+    assert (found.kind, found.prefix) == ("allegro_t2v", SD) and SD in found.description
+    from diffusers import AutoencoderKLAllegro
+    vae = meta_state_dict(lambda: AutoencoderKLAllegro(**TINY_VAE))
+    for prefix, weights, kind in [("transformer.", allegro_dit(), "allegro_t2v"), ("vae.", vae, "allegro_vae"),
+                                  ("first_stage_model.", vae, "allegro_vae")]:
+        found = identify_checkpoint({prefix + k: v for k, v in weights.items()})
+        assert (found.kind, found.prefix) == (kind, prefix)
+
+
+def real_classes():
+    """Tiny configurations of each family's diffusers/transformers class."""
+    import diffusers as d
+    import transformers as t
+    unet = dict(block_out_channels=(32, 64), layers_per_block=1, cross_attention_dim=32,
+                down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+                up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"))
+    heads = dict(num_attention_heads=2, attention_head_dim=8)
+    return {
+        "allegro_vae": lambda: d.AutoencoderKLAllegro(**TINY_VAE),
+        "t5_encoder": lambda: t.T5EncoderModel(t.T5Config(d_model=32, d_kv=8, num_heads=4, d_ff=64, num_layers=2,
+                                                          vocab_size=100)),
+        "clip text encoder": lambda: t.CLIPTextModel(t.CLIPTextConfig(
+            hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2, vocab_size=1000,
+            bos_token_id=0, eos_token_id=1, pad_token_id=1)),
+        "pixart": lambda: d.PixArtTransformer2DModel(
+            sample_size=8, num_layers=2, patch_size=2, caption_channels=32, in_channels=4, cross_attention_dim=16,
+            out_channels=8, norm_type="ada_norm_single", norm_elementwise_affine=False, **heads),
+        "flux": lambda: d.FluxTransformer2DModel(
+            patch_size=1, in_channels=4, num_layers=1, num_single_layers=1, joint_attention_dim=32,
+            pooled_projection_dim=32, num_attention_heads=2, attention_head_dim=16, axes_dims_rope=[4, 4, 8]),
+        "sd3": lambda: d.SD3Transformer2DModel(
+            sample_size=32, patch_size=1, in_channels=4, num_layers=1, out_channels=4, caption_projection_dim=16,
+            joint_attention_dim=32, pooled_projection_dim=64, **heads),
+        "hunyuan video": lambda: d.HunyuanVideoTransformer3DModel(
+            in_channels=4, out_channels=4, num_attention_heads=2, attention_head_dim=10, num_layers=1,
+            num_single_layers=1, num_refiner_layers=1, patch_size=1, patch_size_t=1, text_embed_dim=16,
+            pooled_projection_dim=8, rope_axes_dim=(2, 4, 4)),
+        "wan": lambda: d.WanTransformer3DModel(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12,
+                                               in_channels=16, out_channels=16, text_dim=32, ffn_dim=32, num_layers=2),
+        "ltxv": lambda: d.LTXVideoTransformer3DModel(
+            in_channels=8, out_channels=8, patch_size=1, patch_size_t=1, cross_attention_dim=16, num_layers=1,
+            caption_channels=32, **heads),
+        "mochi": lambda: d.MochiTransformer3DModel(
+            patch_size=2, num_layers=2, pooled_projection_dim=16, in_channels=12, text_embed_dim=32, time_embed_dim=4,
+            max_sequence_length=16, **heads),
+        "sd1.5/sd2 unet or checkpoint": lambda: d.UNet2DConditionModel(**unet),
+        "sdxl": lambda: d.UNet2DConditionModel(**unet, addition_embed_type="text_time", addition_time_embed_dim=8,
+                                               projection_class_embeddings_input_dim=80),
+        "image vae": lambda: d.AutoencoderKL(block_out_channels=(8, 8), norm_num_groups=4, latent_channels=4,
+                                             down_block_types=("DownEncoderBlock2D",) * 2,
+                                             up_block_types=("UpDecoderBlock2D",) * 2),
+    }
+
+
+def test_identify_real_model_classes():
+    found = {kind: identify(meta_state_dict(factory)) for kind, factory in real_classes().items()}
+    assert found == {kind: kind for kind in found}
+    assert identify(allegro_dit()) == "allegro_t2v"
+    assert identify(add_ti2v_branches(allegro_dit())) == "allegro_ti2v"
+    hub_style_clip = {"text_model." + k: v for k, v in meta_state_dict(real_classes()["clip text encoder"]).items()}
+    assert identify(hub_style_clip) == "clip text encoder"
+
+
+def test_identify_works_on_a_header_without_loading(tmp_path):
+    from safetensors.torch import save_file
+    path = tmp_path / "dit.safetensors"
+    dit = allegro_dit(num_attention_heads=1, attention_head_dim=96, cross_attention_dim=96)
+    save_file({k: torch.zeros(v.shape) for k, v in dit.items()}, path)
+    header, _ = read_safetensors_header(path)
+    assert identify(header) == "allegro_t2v"
+    assert infer_transformer_config(header)["num_layers"] == 2
+
+
+# --- configs ---------------------------------------------------------------------------------------
+
+def test_normalise_original_and_diffusers_formats_agree():
+    from_original = normalise_transformer_config(ORIGINAL_HUB_CONFIG)
+    assert from_original == {**TRANSFORMER_DEFAULTS, "ti2v": False}        # the release = diffusers' defaults
+    from diffusers import AllegroTransformer3DModel
+    with torch.device("meta"):
+        model = AllegroTransformer3DModel(**TINY_DIT)
+    from_diffusers = normalise_transformer_config(dict(model.config, _class_name="AllegroTransformer3DModel"))
+    assert from_diffusers == {**{k: model.config[k] for k in TRANSFORMER_DEFAULTS}, "ti2v": False}
+    ti2v = normalise_transformer_config({**ORIGINAL_HUB_CONFIG, "_class_name": "AllegroTransformerTI2V3DModel",
+                                         "sample_size": 64, "sample_size_t": 10})
+    assert ti2v["ti2v"] and pick(ti2v, "sample_height", "sample_width", "sample_frames") == (64, 64, 10)
+
+
+def test_normalise_derives_unset_interpolation_scales_like_each_class():
+    unset = {"interpolation_scale_t": None, "interpolation_scale_h": None, "interpolation_scale_w": None}
+    original = normalise_transformer_config({**ORIGINAL_HUB_CONFIG, **unset})
+    assert pick(original, *unset) == (22 / 16, 3.0, 4.0)
+    diffusers_style = normalise_transformer_config({"sample_frames": 22, **unset})
+    assert diffusers_style["interpolation_scale_t"] == 1.0                   # diffusers floors 22 // 16
+    assert normalise_transformer_config({"sample_frames": 23, **unset})["interpolation_scale_t"] == 2.0
+    assert normalise_transformer_config({"out_channels": None, "in_channels": 8})["out_channels"] == 8
+
+
+@pytest.mark.parametrize("change, phrase", [
+    ({"norm_type": "ada_norm"}, "norm_type"), ({"use_rope": False}, "use_rope"),
+    ({"activation_fn": "geglu"}, "activation_fn"), ({"use_additional_conditions": True}, "use_additional_conditions"),
+    ({"_class_name": "AutoencoderKLAllegro"}, "AutoencoderKLAllegro"),
+])
+def test_normalise_refuses_what_allegro_does_not_use(change, phrase):
+    with pytest.raises(CheckpointError, match=phrase):
+        normalise_transformer_config({**ORIGINAL_HUB_CONFIG, **change})
+
+
+def test_infer_transformer_config_from_shapes():
+    one_head = dict(num_attention_heads=1, attention_head_dim=96, cross_attention_dim=96)
+    shaped = {k: v for k, v in TINY_DIT.items() if not k.startswith("sample_")}    # sizes are not in the shapes
+    assert infer_transformer_config(allegro_dit(**one_head)) == {**TRANSFORMER_DEFAULTS, **shaped, **one_head,
+                                                                  "ti2v": False}
+    wide_ti2v = add_ti2v_branches(allegro_dit(attention_head_dim=96, cross_attention_dim=192), width=192)
+    wide = infer_transformer_config(wide_ti2v)
+    assert pick(wide, "num_attention_heads", "attention_head_dim", "ti2v") == (2, 96, True)
+    no_bias = infer_transformer_config(allegro_dit(attention_head_dim=96, cross_attention_dim=192, attention_bias=False,
+                                                   caption_channels=64, num_layers=3))
+    assert pick(no_bias, "attention_bias", "caption_channels", "num_layers") == (False, 64, 3)
+
+
+def test_infer_transformer_config_uses_metadata_for_heads_and_scales():
+    metadata = {"config": json.dumps({**ORIGINAL_HUB_CONFIG, "num_attention_heads": 2, "attention_head_dim": 24,
+                                      "num_layers": 2, "caption_channels": 32, "cross_attention_dim": 48,
+                                      "interpolation_scale_t": 1.1, "sample_size": [20, 20], "sample_size_t": 6})}
+    config = infer_transformer_config(allegro_dit(), metadata)
+    assert pick(config, "num_attention_heads", "attention_head_dim", "interpolation_scale_t") == (2, 24, 1.1)
+    assert pick(config, "sample_frames", "sample_height") == (6, 20)
+    nested = {"config": json.dumps({"transformer": json.loads(metadata["config"])})}
+    assert infer_transformer_config(allegro_dit(), nested) == config
+
+
+def test_infer_transformer_config_errors():
+    with pytest.raises(CheckpointError, match="head count cannot be read.*diffusers folder"):
+        infer_transformer_config(allegro_dit())                               # width 48, no metadata
+    wrong = {"config": json.dumps({**ORIGINAL_HUB_CONFIG, "num_attention_heads": 2, "attention_head_dim": 24})}
+    with pytest.raises(CheckpointError, match="num_layers=32 but the tensors say 2"):
+        infer_transformer_config(allegro_dit(), wrong)
+    with pytest.raises(CheckpointError, match="not valid JSON"):
+        infer_transformer_config(allegro_dit(), {"config": "{oops"})
+    with pytest.raises(CheckpointError, match="incomplete Allegro-TI2V.*pos_embed_first_frame"):
+        infer_transformer_config(add_ti2v_branches(allegro_dit(), skip=("pos_embed_first_frame",)))
+    with pytest.raises(CheckpointError, match="Stable Diffusion XL"):
+        infer_transformer_config(SYNTHETIC["sdxl"], source="sdxl.safetensors")
+    gap = {k: v for k, v in allegro_dit(num_layers=3).items() if not k.startswith("transformer_blocks.1.")}
+    with pytest.raises(CheckpointError, match="not numbered"):
+        infer_transformer_config(gap, {"config": json.dumps({**TINY_DIT, "num_layers": 3})})
+
+
+def test_infer_vae_config_from_shapes_and_metadata():
+    from diffusers import AutoencoderKLAllegro
+    odd_flags = dict(TINY_VAE, temporal_downsample_blocks=(False, True, False, True),
+                     temporal_upsample_blocks=(True, False, False, True))
+    for kwargs in (TINY_VAE, odd_flags):
+        with torch.device("meta"):
+            model = AutoencoderKLAllegro(**kwargs)
+        metadata = {"config": json.dumps({"norm_num_groups": 4, "sample_size": 160, "scale_factor": 0.5})}
+        config = infer_vae_config(model.state_dict(), metadata)
+        for key in ("block_out_channels", "layers_per_block", "latent_channels", "temporal_downsample_blocks",
+                    "temporal_upsample_blocks", "norm_num_groups", "sample_size", "in_channels", "out_channels",
+                    "down_block_types", "up_block_types"):
+            as_tuple = lambda v: tuple(v) if isinstance(v, (list, tuple)) else v  # noqa: E731
+            assert as_tuple(config[key]) == as_tuple(model.config[key]), key
+        assert config["scaling_factor"] == 0.5                            # the original's name for it
+        bare = infer_vae_config(model.state_dict())
+        assert pick(bare, "norm_num_groups", "sample_size", "scaling_factor") == (32, 320, 0.13)
+    with pytest.raises(CheckpointError, match="latent_channels=16 but the tensors say 4"):
+        infer_vae_config(model.state_dict(), {"config": json.dumps({"latent_channels": 16})})
+    with pytest.raises(CheckpointError, match="not the Allegro VAE"):
+        infer_vae_config(allegro_dit())

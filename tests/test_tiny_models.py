@@ -1,0 +1,129 @@
+"""The tiny checkpoints the tests write: real hub formats that diffusers/transformers load, that
+our readers recognise, and that come out the same every time."""
+import hashlib
+import json
+import time
+
+import pytest
+import torch
+
+from allegro.checkpoints import (
+    find_component, identify, infer_transformer_config, infer_vae_config, normalise_transformer_config,
+    read_diffusers_component, read_safetensors,
+)
+from tiny_models import TI2V_BRANCHES, write_all
+
+
+def content_digest(path) -> str:
+    """A file's bytes; for safetensors its tensors and metadata (the writer orders metadata keys at random)."""
+    if path.suffix != ".safetensors":
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    tensors, metadata = read_safetensors(path)
+    digest = hashlib.sha256(json.dumps(sorted(metadata.items())).encode())
+    for name in sorted(tensors):
+        raw = tensors[name].contiguous().view(torch.uint8).numpy().tobytes()
+        digest.update(name.encode() + str(tensors[name].dtype).encode() + raw)
+    return digest.hexdigest()
+
+
+def file_digests(root) -> dict[str, str]:
+    return {p.relative_to(root).as_posix(): content_digest(p)
+            for p in sorted(root.rglob("*")) if p.is_file() and not p.name.startswith(".")}
+
+
+def test_layout_matches_the_hub(tiny_models):
+    for name in ("diffusers_t2v", "diffusers_ti2v"):
+        root = tiny_models[name]
+        index = json.loads((root / "model_index.json").read_text())
+        assert index["scheduler"] == ["diffusers", "EulerAncestralDiscreteScheduler"]
+        assert index["text_encoder"] == ["transformers", "T5EncoderModel"]
+        assert index["vae"] == ["diffusers", "AutoencoderKLAllegro"]
+        text_encoder = root / "text_encoder"
+        shards = sorted(text_encoder.glob("model-*-of-*.safetensors"))
+        assert len(shards) >= 2 and (text_encoder / "model.safetensors.index.json").is_file()
+        assert len(list(text_encoder.glob("pytorch_model-*.bin"))) == len(shards)     # the decoys
+        assert {p.name for p in (root / "tokenizer").iterdir()} >= {"tokenizer.json", "tokenizer_config.json"}
+        scheduler = json.loads((root / "scheduler" / "scheduler_config.json").read_text())
+        expected = {"num_train_timesteps": 1000, "beta_start": 1e-4, "beta_end": 2e-2, "beta_schedule": "linear",
+                    "prediction_type": "epsilon", "timestep_spacing": "linspace"}
+        assert {k: scheduler[k] for k in expected} == expected
+    assert json.loads((tiny_models["diffusers_ti2v"] / "model_index.json").read_text())["transformer"][1] == \
+        "AllegroTransformerTI2V3DModel"
+
+
+def test_write_all_is_idempotent_and_deterministic(tiny_models, tmp_path):
+    models_dir = tiny_models["vae_file"].parents[1]
+    before = {p: p.stat().st_mtime_ns for p in models_dir.rglob("*") if p.is_file()}
+    start = time.perf_counter()
+    assert write_all(models_dir) == tiny_models
+    assert time.perf_counter() - start < 1.0
+    assert before == {p: p.stat().st_mtime_ns for p in models_dir.rglob("*") if p.is_file()}
+    again = write_all(tmp_path / "models")
+    assert file_digests(tmp_path / "models") == file_digests(models_dir)
+    assert set(again) == set(tiny_models)
+
+
+def test_diffusers_and_transformers_load_the_folders(tiny_models):
+    from diffusers import AllegroPipeline, AllegroTransformer3DModel, AutoencoderKLAllegro
+    from transformers import T5EncoderModel
+
+    root = tiny_models["diffusers_t2v"]
+    transformer = AllegroTransformer3DModel.from_pretrained(root / "transformer")
+    single, _ = read_safetensors(tiny_models["t2v_file"])
+    assert all(torch.equal(single[k], v) for k, v in transformer.state_dict().items())
+    vae = AutoencoderKLAllegro.from_pretrained(root / "vae")
+    assert vae.config.scaling_factor == 0.13 and vae.config.norm_num_groups == 4
+    text_encoder = T5EncoderModel.from_pretrained(root / "text_encoder")      # the .bin decoys would fail to unpickle
+    _, ours, _ = read_diffusers_component(root / "text_encoder")
+    assert all(torch.equal(ours[k], v) for k, v in text_encoder.state_dict().items() if k in ours)
+    assert "shared.weight" in ours and identify(ours) == "t5_encoder"
+    pipeline = AllegroPipeline.from_pretrained(root)
+    assert pipeline.tokenizer("a cat").input_ids[-1] == pipeline.tokenizer.eos_token_id
+
+
+def test_ti2v_folder_has_original_config_and_extra_branches(tiny_models):
+    folder = find_component(tiny_models["diffusers_ti2v"], "transformer")
+    config, weights, _ = read_diffusers_component(folder)
+    assert config["_class_name"] == "AllegroTransformerTI2V3DModel" and config["sample_size"] == [20, 20]
+    normalised = normalise_transformer_config(config)
+    t2v_config, t2v_weights, _ = read_diffusers_component(tiny_models["diffusers_t2v"] / "transformer")
+    assert normalised == {**normalise_transformer_config(t2v_config), "ti2v": True}
+    assert identify(weights) == "allegro_ti2v"
+    extra = set(weights) - set(t2v_weights)
+    assert extra == {f"{b}.{part}" for b in TI2V_BRANCHES for part in ("0.proj.weight", "0.proj.bias", "1.weight")}
+    assert all(torch.equal(weights[k], v) for k, v in t2v_weights.items())
+    for name in extra:                     # small but non-zero, so the image condition changes the output
+        assert 0.01 < weights[name].std() < 0.04
+    assert weights["pos_embed_mask.0.proj.weight"].shape == (48, 4, 2, 2)
+    assert weights["pos_embed_mask.1.weight"].shape == (48, 48)
+
+
+def test_single_files_are_recognised_and_their_configs_inferred(tiny_models):
+    folder_config = normalise_transformer_config(
+        read_diffusers_component(tiny_models["diffusers_t2v"] / "transformer")[0])
+    weights, metadata = read_safetensors(tiny_models["t2v_file"])
+    assert identify(weights) == "allegro_t2v"
+    assert infer_transformer_config(weights, metadata) == folder_config
+    weights, metadata = read_safetensors(tiny_models["ti2v_file"])
+    assert identify(weights) == "allegro_ti2v"
+    assert infer_transformer_config(weights, metadata) == {**folder_config, "ti2v": True}
+    weights, metadata = read_safetensors(tiny_models["t2v_w192_file"])
+    assert metadata == {} and identify(weights) == "allegro_t2v"
+    wide = infer_transformer_config(weights, metadata)
+    assert (wide["num_attention_heads"], wide["attention_head_dim"], wide["cross_attention_dim"]) == (2, 96, 192)
+    for component, kind in (("transformer", "allegro_t2v"), ("vae", "allegro_vae")):
+        assert identify(read_diffusers_component(tiny_models["diffusers_t2v"] / component)[1]) == kind
+    weights, metadata = read_safetensors(tiny_models["vae_file"])
+    assert identify(weights) == "allegro_vae"
+    vae_folder_config = json.loads((tiny_models["diffusers_t2v"] / "vae" / "config.json").read_text())
+    inferred = infer_vae_config(weights, metadata)
+    for key in ("block_out_channels", "layers_per_block", "latent_channels", "norm_num_groups", "sample_size",
+                "scaling_factor", "temporal_downsample_blocks", "temporal_upsample_blocks"):
+        expected = vae_folder_config[key]
+        assert (list(inferred[key]) if isinstance(inferred[key], tuple) else inferred[key]) == expected, key
+
+
+@pytest.mark.parametrize("component", ["transformer", "vae", "text_encoder", "tokenizer", "scheduler"])
+def test_find_component_in_both_pipelines(tiny_models, component):
+    for name in ("diffusers_t2v", "diffusers_ti2v"):
+        assert find_component(tiny_models[name], component) == tiny_models[name] / component
