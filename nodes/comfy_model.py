@@ -17,6 +17,7 @@ import comfy.utils
 
 from ..allegro.schedule import sigma_at, timestep_at, training_sigmas
 from ..allegro.transformer import AllegroTransformer3D, TransformerConfig
+from .step_cache import cache_call_arguments
 
 LATENT_SCALE = 0.13
 
@@ -72,7 +73,7 @@ class AllegroDiffusionModel(AllegroTransformer3D):
         self.attention = comfy_attention
 
     def forward(self, x, timestep, context=None, attention_mask=None, control=None, transformer_options={}, **kwargs):
-        return super().forward(x, timestep, context, attention_mask)
+        return super().forward(x, timestep, context, attention_mask, **cache_call_arguments(transformer_options))
 
 
 class AllegroModelConfig(comfy.supported_models_base.BASE):

@@ -9,7 +9,10 @@ MAX_TOKENS = 512
 
 
 def t5_tokenizer_of(clip):
-    tokenizer = getattr(getattr(clip, "tokenizer", None), "t5xxl", None)
+    """ComfyUI's T5 tokenizer inside a CLIP: `clip_t5xxl` for single-T5 types (mochi, ltxv), `t5xxl`
+    inside multi-encoder tokenizers (sd3, flux)."""
+    holder = getattr(clip, "tokenizer", None)
+    tokenizer = getattr(holder, "clip_t5xxl", None) or getattr(holder, "t5xxl", None)
     if tokenizer is None:
         raise ValueError("Allegro needs a T5-XXL text encoder: load t5xxl_fp16.safetensors (or fp8) with the "
                          "stock 'Load CLIP' node set to type 'mochi' (or 'ltxv'), or use 'Load Allegro T5 (diffusers)'.")

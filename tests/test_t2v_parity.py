@@ -52,13 +52,14 @@ def t2v_graph(folder_choice, steps, cfg=7.5, sampler="euler_ancestral", schedule
 
 
 def run_frames(comfy, graph) -> torch.Tensor:
-    result = comfy.run(graph)
+    result = comfy.run(graph, targets=["decode"])
     assert result.status == "success", result.error
-    return result.outputs["decode"][0]
+    return result.output("decode")
 
 
 def test_reference_sampler_path_equals_diffusers(comfy, tiny_models):
-    """Euler ancestral, the reference schedule and the reference random stream: ≤ 1e-4 in fp32."""
+    """Euler ancestral, the reference schedule and the reference random stream: ≤ 1e-4 in fp32
+    (measured 1.3e-6 at 3 steps, 1.6e-6 at 10)."""
     ours = run_frames(comfy, t2v_graph("diffusers/Allegro-tiny", steps=3))
     reference = reference_video(tiny_models["diffusers_t2v"], EulerAncestralDiscreteScheduler, steps=3)
     assert ours.shape == reference.shape == (FRAMES, HEIGHT, WIDTH, 3)
@@ -71,11 +72,11 @@ def test_native_ksampler_path_agrees_with_diffusers_euler(comfy, tiny_models):
 
     The only difference is how the timesteps 999..0 are spaced: ComfyUI's 'normal' scheduler uses
     torch.linspace in float32 and the reference numpy.linspace in float64 rounded to float32, so a
-    timestep can differ by one float32 step (6e-5 near 999, i.e. a sigma change below 1e-7
-    relative). Propagated through 3 Euler steps and the decode that moves the frames by well under
-    1e-3 (measured: see the assertion message); the bound keeps a 10x margin over what we see."""
+    timestep can differ by one float32 step (6e-5 near 999: a sigma change below 1e-7 relative),
+    plus the usual float32 reordering. Measured: 1.4e-6 after 3 and after 10 steps (the reference
+    path measures 1.3e-6 / 1.6e-6). The bound keeps ~10x margin."""
     ours = run_frames(comfy, t2v_graph("diffusers/Allegro-tiny", steps=3, sampler="euler", scheduler="normal",
                                        stock_sampler=True))
     reference = reference_video(tiny_models["diffusers_t2v"], EulerDiscreteScheduler, steps=3)
     difference = (ours - reference).abs().max().item()
-    assert difference <= 1e-3, f"max abs difference {difference:.2e}"
+    assert difference <= 2e-5, f"max abs difference {difference:.2e}"

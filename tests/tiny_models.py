@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 # Bump when anything below changes, so an old test directory is rewritten.
-LAYOUT_VERSION = 1
+LAYOUT_VERSION = 2
 STAMP_NAME = ".allegro-tiny-models.json"
 
 TRANSFORMER_KWARGS = dict(num_attention_heads=2, attention_head_dim=24, num_layers=2, cross_attention_dim=48,
@@ -26,7 +26,8 @@ TRANSFORMER_KWARGS = dict(num_attention_heads=2, attention_head_dim=24, num_laye
 # 2 heads x 96: the width-192 file without a config, whose head count can only be inferred.
 WIDE_TRANSFORMER_KWARGS = dict(TRANSFORMER_KWARGS, attention_head_dim=96, cross_attention_dim=192)
 VAE_KWARGS = dict(block_out_channels=(8, 8, 16, 16), layers_per_block=1, norm_num_groups=4, latent_channels=4,
-                  sample_size=160)   # scaling_factor stays at the class default, 0.13 like the release
+                  sample_size=240)   # scaling_factor stays at the class default, 0.13 like the release
+# 240-px tiles: diffusers' hard-coded 120/80-px overlaps only blend to 1 with tiles of 240 px or more.
 T5_KWARGS = dict(d_model=32, d_kv=8, num_heads=4, d_ff=64, num_layers=2, relative_attention_num_buckets=32,
                  feed_forward_proj="gated-gelu", vocab_size=32128)
 TI2V_BRANCHES = ("pos_embed_mask", "pos_embed_masked_video", "pos_embed_first_frame")

@@ -19,6 +19,11 @@ class RunResult:
     messages: list = field(default_factory=list)   # (event, data) as the web client would get them
     progress: list = field(default_factory=list)   # (node id, value, total, has_preview)
 
+    def output(self, node_id: str, index: int = 0):
+        """The value of one output of a node (ComfyUI stores each output as a list of batch items)."""
+        value = self.outputs[node_id][index]
+        return value[0] if isinstance(value, list) and len(value) == 1 else value
+
     @property
     def error(self) -> dict | None:
         for event, data in self.messages:
@@ -94,19 +99,34 @@ class InProcessComfy:
             self.execution.validate_prompt(str(uuid.uuid4()), prompt, None))
         return ok, error, node_errors
 
-    def run(self, prompt: dict, fresh: bool = True) -> RunResult:
-        """Validate and execute an API-format graph; `fresh` drops cached node outputs first."""
-        ok, error, _outputs, node_errors = asyncio.run(
-            self.execution.validate_prompt(str(uuid.uuid4()), prompt, None))
-        if not ok:
-            raise AssertionError(f"graph rejected: {error} {node_errors}")
+    def _validate_targets(self, prompt: dict, targets) -> list:
+        """ComfyUI's per-node input validation for chosen target nodes (which need not be output
+        nodes, so tests can read any node's tensors)."""
+        validated = {}
+        for target in targets:
+            valid, errors, _ = asyncio.run(self.execution.validate_inputs(str(uuid.uuid4()), prompt, target, validated))
+            if not valid:
+                raise AssertionError(f"graph rejected at node {target}: {errors}")
+        return list(targets)
+
+    def run(self, prompt: dict, targets=None, fresh: bool = True) -> RunResult:
+        """Validate and execute an API-format graph, up to its output nodes or the given `targets`;
+        `fresh` drops cached node outputs first."""
+        if targets is None:
+            ok, error, _outputs, node_errors = asyncio.run(
+                self.execution.validate_prompt(str(uuid.uuid4()), prompt, None))
+            if not ok:
+                raise AssertionError(f"graph rejected: {error} {node_errors}")
+        else:
+            _outputs = self._validate_targets(prompt, targets)
         if fresh:
             self.executor.reset()
         self.server.messages = []
         self.progress = []
         prompt_id = str(uuid.uuid4())
         self.server.last_prompt_id = prompt_id
-        self.executor.execute(prompt, prompt_id, extra_data={}, execute_outputs=list(_outputs))
+        # With a client id, ComfyUI also sends the messages meant for the submitting client (errors).
+        self.executor.execute(prompt, prompt_id, extra_data={"client_id": "tests"}, execute_outputs=list(_outputs))
         events = [event for event, _ in self.server.messages]
         status = ("success" if "execution_success" in events
                   else "interrupted" if "execution_interrupted" in events else "error")

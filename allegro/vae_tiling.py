@@ -1,0 +1,239 @@
+"""Tiled VAE decode and encode: the reference tile grid, without its holes, in bounded memory.
+
+The reference (diffusers and the original repo) decodes 24-frame x 320 x 320 pixel tiles placed
+every 16 frames / 200 rows / 240 columns and blends overlaps with linear ramps, but places no tile
+past the last whole stride, so the rest of the frame stays black unless (N-24)%16, (H-320)%200 and
+(W-320)%240 are all 0. Here the same grid is used and, where it stops short, one more tile is
+placed flush with the border (its ramps span its real overlap); an axis shorter than a tile gets
+one tile of that length. Blend weights are divided by their sum (separable per axis, so three
+small vectors), which is exactly 1 on the reference grid: results equal the reference there.
+
+Tiles are decoded one at a time and added into the output, so memory is one tile's activations
+plus the output itself, whatever the video length.
+"""
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from .vae import AllegroVAE, VAEConfig
+
+
+@dataclass(frozen=True)
+class TileSettings:
+    """Tile size and overlap in pixels / frames (the reference's: 24 x 320 x 320, overlaps 8, 120, 80)."""
+    frames: int = 24
+    height: int = 320
+    width: int = 320
+    overlap_frames: int = 8
+    overlap_height: int = 120
+    overlap_width: int = 80
+
+    @classmethod
+    def from_config(cls, config: VAEConfig) -> "TileSettings":
+        t, h, w = config.tile_overlap
+        return cls(config.tile_frames, config.sample_size, config.sample_size, t, h, w)
+
+    def validate(self, temporal: int = 4, spatial: int = 8) -> "TileSettings":
+        for name, size, overlap, factor in (("frames", self.frames, self.overlap_frames, temporal),
+                                            ("height", self.height, self.overlap_height, spatial),
+                                            ("width", self.width, self.overlap_width, spatial)):
+            unit = "frames" if name == "frames" else "pixels"
+            if size < factor or size % factor:
+                raise ValueError(f"tile {name} must be a positive multiple of {factor} {unit}, got {size}")
+            if overlap < 0 or overlap % factor or overlap >= size:
+                raise ValueError(f"tile overlap in {name} must be a multiple of {factor} {unit} from 0 to "
+                                 f"{size - factor} (less than the tile), got {overlap}")
+        return self
+
+    def in_latent_units(self, temporal: int = 4, spatial: int = 8):
+        """((tile t, h, w), (overlap t, h, w)) in latent units."""
+        return ((self.frames // temporal, self.height // spatial, self.width // spatial),
+                (self.overlap_frames // temporal, self.overlap_height // spatial, self.overlap_width // spatial))
+
+
+def axis_tiles(size: int, tile: int, overlap: int) -> list[tuple[int, int]]:
+    """(start, length) of the tiles along one axis: the reference grid, plus a border-flush tile
+    where that grid stops short; one shorter tile when the axis is shorter than a tile."""
+    if size <= tile:
+        return [(0, size)]
+    stride = tile - overlap
+    starts = list(range(0, size - tile + 1, stride))
+    if starts[-1] + tile < size:
+        starts.append(size - tile)
+    return [(start, tile) for start in starts]
+
+
+def axis_weights(tiles: list[tuple[int, int]], scale: int) -> list[torch.Tensor]:
+    """Per-tile blend weights in output units (`scale` output samples per tile unit): a linear ramp
+    0 → 1 over the overlap with the previous tile and 1 → 0 over the overlap with the next, as the
+    reference ramps (i/overlap and 1 - i/overlap)."""
+    weights = []
+    for index, (start, length) in enumerate(tiles):
+        w = torch.ones(length * scale)
+        if index > 0:
+            previous_start, previous_length = tiles[index - 1]
+            overlap = (previous_start + previous_length - start) * scale
+            w[:overlap] *= torch.arange(overlap).float() / overlap
+        if index < len(tiles) - 1:
+            overlap = (start + length - tiles[index + 1][0]) * scale
+            w[length * scale - overlap:] *= 1 - torch.arange(overlap).float() / overlap
+        weights.append(w)
+    return weights
+
+
+@dataclass
+class TiledPlan:
+    """Tiles of a video axis by axis: `tiles[axis]` in input units, `weights[axis]` in output units."""
+    tiles: tuple
+    weights: tuple
+    scales: tuple
+    sums: tuple
+
+    @classmethod
+    def build(cls, sizes, tile, overlap, scales):
+        tiles = tuple(axis_tiles(s, t, o) for s, t, o in zip(sizes, tile, overlap))
+        weights = tuple(axis_weights(axis, scale) for axis, scale in zip(tiles, scales))
+        sums = []
+        for axis, axis_w, size, scale in zip(tiles, weights, sizes, scales):
+            total = torch.zeros(size * scale)
+            for (start, _), w in zip(axis, axis_w):
+                total[start * scale:start * scale + len(w)] += w
+            sums.append(total)
+        return cls(tiles, weights, tuple(scales), tuple(sums))
+
+    def __len__(self):
+        return len(self.tiles[0]) * len(self.tiles[1]) * len(self.tiles[2])
+
+    def __iter__(self):
+        """Yields (input slices, output slices, weight [t, h, w]) per tile."""
+        for (t0, tn), wt in zip(self.tiles[0], self.weights[0]):
+            for (h0, hn), wh in zip(self.tiles[1], self.weights[1]):
+                for (w0, wn), ww in zip(self.tiles[2], self.weights[2]):
+                    st, sh, sw = self.scales
+                    source = (slice(t0, t0 + tn), slice(h0, h0 + hn), slice(w0, w0 + wn))
+                    target = (slice(t0 * st, (t0 + tn) * st), slice(h0 * sh, (h0 + hn) * sh), slice(w0 * sw, (w0 + wn) * sw))
+                    yield source, target, wt[:, None, None] * wh[None, :, None] * ww[None, None, :]
+
+    def weight_sum(self) -> torch.Tensor:
+        t, h, w = self.sums
+        return t[:, None, None] * h[None, :, None] * w[None, None, :]
+
+
+def _checkpoint(done, total, progress, should_stop):
+    if should_stop is not None:
+        should_stop()
+    if progress is not None:
+        progress(done, total)
+
+
+@torch.no_grad()
+def tiled_decode(vae: AllegroVAE, latent: torch.Tensor, tiles: TileSettings | None = None, output_device=None,
+                 progress: Callable | None = None, should_stop: Callable | None = None) -> torch.Tensor:
+    """latent [B, 4, t, h, w] in VAE space (already divided by the scale) → video [B, 3, 4t, 8h, 8w],
+    float32 on `output_device` (default: the latent's device), raw decoder range (about [-1, 1]).
+    `progress(done, total)` is called after each tile; `should_stop()` may raise to cancel."""
+    config = vae.config
+    tiles = (tiles or TileSettings.from_config(config)).validate(config.temporal_factor, config.spatial_factor)
+    device = vae.post_quant_conv.weight.device
+    output_device = latent.device if output_device is None else output_device
+    tile, overlap = tiles.in_latent_units(config.temporal_factor, config.spatial_factor)
+    scales = (config.temporal_factor, config.spatial_factor, config.spatial_factor)
+    plan = TiledPlan.build(latent.shape[2:], tile, overlap, scales)
+    prepared = vae.prepare_latent(latent.to(device=device, dtype=vae.dtype))
+    batch = latent.shape[0]
+    shape = [batch, config.out_channels] + [size * scale for size, scale in zip(latent.shape[2:], scales)]
+    video = torch.zeros(shape, dtype=torch.float32, device=output_device)
+    _checkpoint(0, len(plan), progress, should_stop)
+    for done, (source, target, weight) in enumerate(plan, start=1):
+        decoded = vae.decode_tile(prepared[(slice(None), slice(None)) + source]).float()
+        decoded *= weight.to(decoded.device)
+        video[(slice(None), slice(None)) + target] += decoded.to(output_device)
+        del decoded
+        _checkpoint(done, len(plan), progress, should_stop)
+    video /= plan.weight_sum().to(output_device)
+    return video
+
+
+def _encode_plan(config: VAEConfig, tiles: TileSettings, pixel_sizes):
+    tiles = tiles.validate(config.temporal_factor, config.spatial_factor)
+    pixel_tile = (tiles.frames, tiles.height, tiles.width)
+    pixel_overlap = (tiles.overlap_frames, tiles.overlap_height, tiles.overlap_width)
+    factors = (config.temporal_factor, config.spatial_factor, config.spatial_factor)
+    # Plan in latent units (pixel tiles are whole latent units), so tile starts stay aligned.
+    latent_sizes = [size // factor for size, factor in zip(pixel_sizes, factors)]
+    return TiledPlan.build(latent_sizes, [t // f for t, f in zip(pixel_tile, factors)],
+                           [o // f for o, f in zip(pixel_overlap, factors)], (1, 1, 1)), factors
+
+
+@torch.no_grad()
+def _tiled_encode(vae: AllegroVAE, pixel_sizes, make_tile: Callable, tiles: TileSettings | None, output_device,
+                  progress, should_stop, batch: int) -> torch.Tensor:
+    config = vae.config
+    plan, factors = _encode_plan(config, tiles or TileSettings.from_config(config), pixel_sizes)
+    device = vae.post_quant_conv.weight.device
+    latent_sizes = [size // factor for size, factor in zip(pixel_sizes, factors)]
+    moments = torch.zeros([batch, 2 * config.latent_channels] + latent_sizes, dtype=torch.float32, device=device)
+    _checkpoint(0, len(plan), progress, should_stop)
+    for done, (source, target, weight) in enumerate(plan, start=1):
+        pixel_slices = tuple(slice(s.start * f, s.stop * f) for s, f in zip(source, factors))
+        encoded = make_tile(pixel_slices).float()
+        moments[(slice(None), slice(None)) + target] += encoded * weight.to(device)
+        _checkpoint(done, len(plan), progress, should_stop)
+    moments /= plan.weight_sum().to(device)
+    mean = vae.moments_to_mean(moments.to(vae.dtype)).float()
+    return mean.to(output_device if output_device is not None else device)
+
+
+def crop_to_units(video: torch.Tensor, temporal: int, spatial: int) -> torch.Tensor:
+    """Drop trailing frames/rows/columns that do not fill a whole latent unit."""
+    n, h, w = video.shape[2:]
+    return video[:, :, :n - n % temporal, :h - h % spatial, :w - w % spatial]
+
+
+def tiled_encode(vae: AllegroVAE, video: torch.Tensor, tiles: TileSettings | None = None, output_device=None,
+                 progress=None, should_stop=None) -> torch.Tensor:
+    """video [B, 3, N, H, W] in [-1, 1] → posterior mean [B, 4, N/4, H/8, W/8] in VAE space
+    (not multiplied by the scale). Trailing frames / pixels short of a latent unit are dropped."""
+    config = vae.config
+    video = crop_to_units(video, config.temporal_factor, config.spatial_factor)
+    if min(video.shape[2:]) == 0:
+        raise ValueError(f"Allegro's VAE needs at least {config.temporal_factor} frames and "
+                         f"{config.spatial_factor}x{config.spatial_factor} pixels to encode")
+    device, dtype = vae.post_quant_conv.weight.device, vae.dtype
+
+    def make_tile(slices):
+        return vae.encode_moments(video[(slice(None), slice(None)) + slices].to(device=device, dtype=dtype))
+
+    return _tiled_encode(vae, video.shape[2:], make_tile, tiles, output_device, progress, should_stop, video.shape[0])
+
+
+def encode_conditioning_video(vae: AllegroVAE, frames: dict[int, torch.Tensor], num_frames: int, height: int,
+                              width: int, tiles: TileSettings | None = None, output_device=None, progress=None,
+                              should_stop=None) -> torch.Tensor:
+    """The posterior mean [1, 4, num_frames/4, height/8, width/8] of a video that is black (0 in
+    [-1, 1] terms) except `frames` ({index: [3, height, width] in [-1, 1]}) — equal to tiled-encoding
+    that whole video, as the TI2V reference does, but without building it, and running the encoder
+    only once for all tiles whose input is entirely zero (the network is translation-equivariant
+    and a zero tile's output depends only on the tile's shape)."""
+    config = vae.config
+    if num_frames % config.temporal_factor or height % config.spatial_factor or width % config.spatial_factor:
+        raise ValueError(f"the conditioning video must have whole latent units: {num_frames} frames, {height}x{width}")
+    device, dtype = vae.post_quant_conv.weight.device, vae.dtype
+    given = {index % num_frames: image.to(device=device, dtype=dtype) for index, image in frames.items()}
+    zero_tiles: dict[tuple, torch.Tensor] = {}
+
+    def make_tile(slices):
+        t, h, w = slices
+        inside = [index for index in given if t.start <= index < t.stop]
+        shape = (1, 3, t.stop - t.start, h.stop - h.start, w.stop - w.start)
+        if not inside:
+            if shape not in zero_tiles:
+                zero_tiles[shape] = vae.encode_moments(torch.zeros(shape, device=device, dtype=dtype))
+            return zero_tiles[shape]
+        tile = torch.zeros(shape, device=device, dtype=dtype)
+        for index in inside:
+            tile[0, :, index - t.start] = given[index][:, h, w]
+        return vae.encode_moments(tile)
+
+    return _tiled_encode(vae, (num_frames, height, width), make_tile, tiles, output_device, progress, should_stop, 1)

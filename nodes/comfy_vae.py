@@ -1,0 +1,146 @@
+"""The Allegro VAE as a real ComfyUI VAE (a comfy.sd.VAE subclass), so core VAE Decode / Encode /
+Decode (Tiled) and VideoHelperSuite's latent inputs work on it, with the library's tiling: the
+reference tile grid without its holes, progress per tile, cancel between tiles, and a retry with
+smaller tiles when the GPU runs out of memory."""
+import logging
+from dataclasses import replace
+
+import torch
+
+import comfy.model_management as mm
+import comfy.model_patcher
+import comfy.sd
+import comfy.utils
+
+from ..allegro.vae import AllegroVAE, VAEConfig
+from ..allegro.vae_tiling import TileSettings, encode_conditioning_video, tiled_decode, tiled_encode
+
+LIVE_ACTIVATIONS = 5       # activation-sized tensors alive at once in a tile's full-resolution stage
+
+
+class AllegroComfyVAE(comfy.sd.VAE):
+    # comfy.sd.VAE.__init__ builds ComfyUI's own architectures from a state dict; this sets the
+    # same attributes around the Allegro network instead.
+    def __init__(self, model: AllegroVAE, dtype: torch.dtype):
+        self.first_stage_model = model.eval()
+        self.config: VAEConfig = model.config
+        self.device = mm.vae_device()
+        self.vae_dtype = dtype
+        self.output_device = mm.intermediate_device()
+        self.patcher = comfy.model_patcher.ModelPatcher(model, load_device=self.device, offload_device=mm.vae_offload_device())
+        self.latent_channels, self.latent_dim, self.output_channels = self.config.latent_channels, 3, 3
+        t, s = self.config.temporal_factor, self.config.spatial_factor
+        self.upscale_ratio = (lambda frames: frames * t, s, s)
+        self.downscale_ratio = (lambda frames: frames // t, s, s)
+        self.upscale_index_formula = self.downscale_index_formula = (t, s, s)
+        self.process_input = lambda image: image * 2.0 - 1.0
+        self.process_output = lambda image: torch.clamp((image + 1.0) / 2.0, min=0.0, max=1.0)
+        self.working_dtypes = [torch.bfloat16, torch.float16, torch.float32]
+        self.disable_offload, self.not_video, self.crop_input = False, False, True
+        self.extra_1d_channel, self.size = None, None
+        self.default_tiles = TileSettings.from_config(self.config)
+        self.memory_used_decode = lambda shape, dtype: self.tile_memory(self.default_tiles, dtype)
+        self.memory_used_encode = lambda shape, dtype: self.tile_memory(self.default_tiles, dtype)
+
+    def tile_memory(self, tiles: TileSettings, dtype) -> int:
+        """Bytes one tile needs at the decoder's full-resolution stage: bounded by the tile, not the video."""
+        pixels = tiles.frames * tiles.height * tiles.width
+        return pixels * self.config.block_out_channels[0] * mm.dtype_size(dtype) * LIVE_ACTIVATIONS
+
+    def _run_tiled(self, work, tiles: TileSettings, what: str):
+        """Load the VAE, run `work(tiles, progress, should_stop)`; on out-of-memory halve the tiles."""
+        while True:
+            mm.load_models_gpu([self.patcher], memory_required=self.tile_memory(tiles, self.vae_dtype))
+            bar = comfy.utils.ProgressBar(1)
+            progress = lambda done, total: bar.update_absolute(done, total)     # noqa: E731
+            try:
+                return work(tiles, progress, mm.throw_exception_if_processing_interrupted)
+            except mm.OOM_EXCEPTION:
+                smaller = smaller_tiles(tiles)
+                if smaller is None:
+                    raise
+            mm.soft_empty_cache()
+            logging.warning("Allegro VAE %s ran out of memory with %dx%dx%d tiles; retrying with %dx%dx%d.", what,
+                            tiles.frames, tiles.height, tiles.width, smaller.frames, smaller.height, smaller.width)
+            tiles = smaller
+
+    def decode_frames(self, latent: torch.Tensor, tiles: TileSettings | None = None) -> torch.Tensor:
+        """Raw latent [B, 4, t, h, w] → frames [B, 4t, 8h, 8w, 3] in 0..1 (ComfyUI IMAGE order)."""
+        tiles = (tiles or self.default_tiles).validate(self.config.temporal_factor, self.config.spatial_factor)
+
+        def work(tiles, progress, should_stop):
+            return tiled_decode(self.first_stage_model, latent, tiles, self.output_device, progress, should_stop)
+        video = self._run_tiled(work, tiles, "decode")
+        return self.process_output(video).movedim(1, -1)
+
+    def encode_video(self, pixels: torch.Tensor, tiles: TileSettings | None = None) -> torch.Tensor:
+        """IMAGE frames [N, H, W, C] (or [B, N, H, W, C]) in 0..1 → raw latent mean [B, 4, N/4, H/8, W/8]."""
+        video = pixels[..., :3]
+        video = video.unsqueeze(0) if video.ndim == 4 else video
+        video = self.process_input(video.movedim(-1, 1))                 # [B, 3, N, H, W]
+        tiles = (tiles or self.default_tiles).validate(self.config.temporal_factor, self.config.spatial_factor)
+
+        def work(tiles, progress, should_stop):
+            return tiled_encode(self.first_stage_model, video, tiles, self.output_device, progress, should_stop)
+        return self._run_tiled(work, tiles, "encode")
+
+    def encode_conditioning_frames(self, frames: dict, num_frames: int, height: int, width: int) -> torch.Tensor:
+        """TI2V: the posterior mean of a black video holding `frames` ({index: [3, H, W] in [-1, 1]})."""
+        def work(tiles, progress, should_stop):
+            return encode_conditioning_video(self.first_stage_model, frames, num_frames, height, width, tiles,
+                                             self.output_device, progress, should_stop)
+        return self._run_tiled(work, self.default_tiles, "encode")
+
+    # --- comfy.sd.VAE interface ------------------------------------------------------------
+    def decode(self, samples_in, vae_options={}):
+        return self.decode_frames(samples_in)
+
+    def decode_tiled(self, samples, tile_x=None, tile_y=None, overlap=None, tile_t=None, overlap_t=None):
+        return self.decode_frames(samples, comfy_tiles(self.default_tiles, self.config, tile_x, tile_y, overlap, tile_t, overlap_t))
+
+    def encode(self, pixel_samples):
+        return self.encode_video(pixel_samples)
+
+    def encode_tiled(self, pixel_samples, tile_x=None, tile_y=None, overlap=None, tile_t=None, overlap_t=None):
+        # ComfyUI passes pixels here (latent units to decode_tiled).
+        t, s = self.config.temporal_factor, self.config.spatial_factor
+        in_latent = {k: (v // (t if k.endswith("_t") else s) if v is not None else None)
+                     for k, v in dict(tile_x=tile_x, tile_y=tile_y, overlap=overlap, tile_t=tile_t, overlap_t=overlap_t).items()}
+        return self.encode_video(pixel_samples, comfy_tiles(self.default_tiles, self.config, **in_latent))
+
+    def get_sd(self):
+        return self.first_stage_model.state_dict()
+
+
+def comfy_tiles(default: TileSettings, config: VAEConfig, tile_x, tile_y, overlap, tile_t, overlap_t) -> TileSettings:
+    """Core 'VAE Decode (Tiled)' settings (latent units) as TileSettings (pixels and frames)."""
+    t, s = config.temporal_factor, config.spatial_factor
+    tiles = default
+    if tile_x is not None:
+        tiles = replace(tiles, width=tile_x * s, height=(tile_y or tile_x) * s)
+    if overlap is not None:
+        tiles = replace(tiles, overlap_height=min(overlap * s, tiles.height - s), overlap_width=min(overlap * s, tiles.width - s))
+    if tile_t is not None:
+        tiles = replace(tiles, frames=tile_t * t)
+    if overlap_t is not None:
+        tiles = replace(tiles, overlap_frames=min(overlap_t * t, tiles.frames - t))
+    return tiles
+
+
+def smaller_tiles(tiles: TileSettings) -> TileSettings | None:
+    """Halve the tile's rows and columns (keeping multiples of 8 and overlaps below the tile)."""
+    if tiles.height <= 64 and tiles.width <= 64:
+        return None
+    height, width = max(64, tiles.height // 16 * 8), max(64, tiles.width // 16 * 8)
+    return replace(tiles, height=height, width=width, overlap_height=min(tiles.overlap_height // 2 // 8 * 8, height - 8),
+                   overlap_width=min(tiles.overlap_width // 2 // 8 * 8, width - 8))
+
+
+def build_vae(config: dict, state_dict: dict, dtype: torch.dtype) -> AllegroComfyVAE:
+    vae_config = VAEConfig.from_dict(config)
+    with torch.device("meta"):
+        model = AllegroVAE(vae_config)
+    missing, unexpected = model.load_state_dict(state_dict, strict=False, assign=True)
+    if missing or unexpected:
+        raise ValueError(f"The VAE weights do not match its config: missing {missing[:6]}, unexpected {unexpected[:6]}")
+    return AllegroComfyVAE(model.to(dtype), dtype)

@@ -1,0 +1,56 @@
+"""Allegro Step Cache: a model patch that skips the DiT's blocks on steps whose input barely moved
+since the last full step (TeaCache's criterion), reusing that step's block output. Off unless the
+node is in the graph; works with the Allegro sampler and the stock KSampler alike."""
+from ..allegro.step_cache import StepCache
+
+CATEGORY = "Allegro"
+OPTION = "allegro_step_cache"
+
+
+class AllegroStepCache:
+    DESCRIPTION = ("Speeds sampling up by skipping the transformer on steps where its input has changed little "
+                   "(TeaCache-style). An approximation: higher thresholds skip more steps and change the video "
+                   "more. 0 disables it. See bench/RESULTS.md for measured speed-ups and PSNR.")
+    CATEGORY = CATEGORY
+    RETURN_TYPES = ("MODEL",)
+    RETURN_NAMES = ("model",)
+    OUTPUT_TOOLTIPS = ("The model with step caching; connect it to the sampler.",)
+    FUNCTION = "patch"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "model": ("MODEL", {"tooltip": "The Allegro model."}),
+            "threshold": ("FLOAT", {"default": 0.1, "min": 0.0, "max": 2.0, "step": 0.01,
+                                    "tooltip": "Summed relative change of the first block's input that forces a full "
+                                               "step. 0 = never skip; 0.05-0.15 skips some steps; more skips more."}),
+            "start": ("FLOAT", {"default": 0.1, "min": 0.0, "max": 1.0, "step": 0.01,
+                                "tooltip": "Fraction of the run before which every step is computed (layout forms early)."}),
+            "end": ("FLOAT", {"default": 0.9, "min": 0.0, "max": 1.0, "step": 0.01,
+                              "tooltip": "Fraction of the run after which every step is computed (fine detail forms late)."}),
+        }}
+
+    def patch(self, model, threshold, start, end):
+        cache = StepCache(threshold, start, min(max(start, end), 1.0))
+        patched = model.clone()
+        options = patched.model_options.setdefault("transformer_options", {})
+        patched.model_options["transformer_options"] = {**options, OPTION: cache}
+        return (patched,)
+
+
+def cache_call_arguments(transformer_options: dict) -> dict:
+    """What the DiT's forward needs from ComfyUI's transformer_options to use a StepCache."""
+    cache = transformer_options.get(OPTION)
+    if cache is None:
+        return {}
+    sigmas = transformer_options.get("sample_sigmas")
+    sigma = transformer_options.get("sigmas")
+    progress = 0.0
+    if sigmas is not None and sigma is not None and len(sigmas) > 1:
+        current = float(sigma.flatten()[0])
+        steps = [float(s) for s in sigmas[:-1]]
+        index = min(range(len(steps)), key=lambda i: abs(steps[i] - current))
+        if index == 0:
+            cache.reset()          # a new sampling run starts
+        progress = index / max(1, len(steps) - 1)
+    return {"step_cache": cache, "cache_key": tuple(transformer_options.get("cond_or_uncond", ())), "progress": progress}
