@@ -6,7 +6,7 @@ import comfy.model_management
 from ..allegro.geometry import check_video_size
 from .memory import check_fits_in_memory
 
-CATEGORY = "Allegro"
+CATEGORY = "Allegro/latent"
 
 
 class AllegroEmptyLatentVideo:

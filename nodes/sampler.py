@@ -12,7 +12,7 @@ import latent_preview
 
 from ..allegro.schedule import ReferenceNoise, linspace_schedule
 
-CATEGORY = "Allegro"
+CATEGORY = "Allegro/sampling"
 REFERENCE_SCHEDULER = "linspace (reference)"
 NOISE_STREAMS = ("reference", "comfy")
 

@@ -3,7 +3,7 @@ since the last full step (TeaCache's criterion), reusing that step's block outpu
 node is in the graph; works with the Allegro sampler and the stock KSampler alike."""
 from ..allegro.step_cache import StepCache
 
-CATEGORY = "Allegro"
+CATEGORY = "Allegro/sampling"
 OPTION = "allegro_step_cache"
 
 

@@ -4,7 +4,7 @@ import logging
 
 from ..allegro import prompt as prompts
 
-CATEGORY = "Allegro"
+CATEGORY = "Allegro/conditioning"
 MAX_TOKENS = 512
 
 

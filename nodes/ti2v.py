@@ -10,7 +10,7 @@ from ..allegro.geometry import check_video_size
 from ..allegro.ti2v import conditioning_indices, frame_mask, prepare_image
 from .memory import check_fits_in_memory
 
-CATEGORY = "Allegro"
+CATEGORY = "Allegro/conditioning"
 
 
 def single_image(image: torch.Tensor | None, name: str) -> torch.Tensor | None:

@@ -3,7 +3,7 @@ import torch
 
 from ..allegro.vae_tiling import TileSettings
 
-CATEGORY = "Allegro"
+CATEGORY = "Allegro/vae"
 FRAME_RATE = 15.0          # Allegro's videos are 88 frames at 15 fps (6 s)
 
 

@@ -5,14 +5,15 @@ import pytest
 pytestmark = [pytest.mark.server, pytest.mark.slow]
 
 PACKAGE_NODES = {"AllegroModelLoader", "AllegroVAELoader", "AllegroT5Loader", "AllegroTextEncode",
-                 "AllegroEmptyLatentVideo", "AllegroSampler"}
+                 "AllegroEmptyLatentVideo", "AllegroSampler", "AllegroVAEDecode", "AllegroVAEEncode",
+                 "AllegroTI2VConditioning", "AllegroStepCache"}
 
 
 def test_nodes_are_in_object_info(comfy_server):
     info = comfy_server.object_info()
     assert PACKAGE_NODES <= set(info)
     for name in PACKAGE_NODES:
-        assert info[name]["category"].startswith("Allegro")
+        assert info[name]["category"].startswith("Allegro/")
         assert info[name]["description"]
     import_lines = [line for line in comfy_server.log_tail(200000).splitlines() if "ComfyUI-Allegro" in line]
     assert not any("IMPORT FAILED" in line for line in import_lines), import_lines
