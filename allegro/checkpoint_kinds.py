@@ -273,7 +273,8 @@ def infer_transformer_config(state_dict: Mapping, metadata: Mapping | None = Non
     config.update(measured)
     if config["num_attention_heads"] * config["attention_head_dim"] != width:
         raise CheckpointError(f"{source}: its config gives {config['num_attention_heads']} heads x "
-                              f"{config['attention_head_dim']}, but the tensors are {width} wide.")
+                              f"{config['attention_head_dim']}, but the tensors are {width} wide (heads x head size must "
+                              "equal the width). The config belongs to another model; fix it.")
     return config
 
 

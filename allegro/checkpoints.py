@@ -319,7 +319,10 @@ def find_component(root, name: str) -> Path:
         index = read_json(root / "model_index.json", "model_index.json")
         listed = sorted(k for k, v in index.items()
                         if not k.startswith("_") and isinstance(v, list) and v and v[0] is not None)
-        state = "is empty or incomplete" if candidate.is_dir() else "is missing"
+        if candidate.is_dir() and name not in ("tokenizer", "scheduler"):
+            state = f"has no config.json (it has: {_listing(candidate)})"
+        else:
+            state = "is empty or incomplete" if candidate.is_dir() else "is missing"
         raise CheckpointError(
             f"{root} is a pipeline folder but its {name}/ folder {state}. model_index.json lists: "
             f"{', '.join(listed) or 'nothing'}; the folder has: {_listing(root)}. Download the {name} folder too."

@@ -95,9 +95,14 @@ class TemporalConvStack(nn.Module):
     """Four norm-act-conv3d layers over time with a residual; optionally halves (encoder) or doubles
     (decoder) the frame count. Plain stacks convolve (3,1,1); resampling ones (3,3,3)."""
 
-    def __init__(self, channels, groups, ops, mode="plain", **factory):
+    def __init__(self, channels, groups, ops, mode="plain", reference_ops=False, **factory):
         super().__init__()
         self.mode = mode
+        # Reference op order (plain Conv3d calls, as diffusers and the original run them) instead
+        # of the faster kernels. The results differ only by float rounding, but GroupNorms amplify
+        # rounding wherever an input is nearly constant (a black frame): the TI2V encoder, whose
+        # input is a black video with one or two images, must round exactly as the reference does.
+        self.reference_ops = reference_ops
         k = 1 if mode == "plain" else 3                     # spatial kernel
         pad = (0, k // 2, k // 2)
         if mode == "down":
@@ -114,10 +119,10 @@ class TemporalConvStack(nn.Module):
         """[B*T, C, H, W] → [B*T', C, H, W] with T' = T, T/2 (down) or 2T (up)."""
         x = frames_to_video(frames, batch)
         if self.mode == "down":
-            identity, h = x[:, :, ::2], conv3d(self.conv1[-1], self.conv1[:-1](x))
+            identity, h = x[:, :, ::2], self.convolve(self.conv1[-1], self.conv1[:-1](x))
         elif self.mode == "up":
             identity = x.repeat_interleave(2, dim=2)
-            h = conv3d(self.conv1[-1], self.conv1[:-1](x))              # [B, 2C, T, H, W]
+            h = self.convolve(self.conv1[-1], self.conv1[:-1](x))      # [B, 2C, T, H, W]
             # channel halves become alternate frames: [B, 2, C, T, ...] → [B, C, T, 2, ...] → [B, C, 2T, ...]
             h = h.unflatten(1, (2, -1)).permute(0, 2, 3, 1, 4, 5).flatten(2, 3)
         else:
@@ -126,15 +131,17 @@ class TemporalConvStack(nn.Module):
             h = self.convolve_in_time(layer, h)
         return video_to_frames(h.add_(identity))
 
-    @staticmethod
-    def convolve_in_time(layer: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
+    def convolve(self, conv: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        return conv(x) if self.reference_ops else conv3d(conv, x)
+
+    def convolve_in_time(self, layer: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
         """Repeat the edge frames (the reference pads before the norm, so they count in its
         statistics), then norm → act → conv over time."""
         h = layer[:-1](repeat_edge_frames(x))
         conv = layer[-1]
-        if tuple(conv.kernel_size[1:]) == (1, 1):
+        if tuple(conv.kernel_size[1:]) == (1, 1) and not self.reference_ops:
             return temporal_pointwise_conv(h, conv.weight, conv.bias)
-        return conv3d(conv, h)
+        return self.convolve(conv, h)
 
 
 class SpatialAttention(nn.Module):
@@ -160,10 +167,11 @@ class SpatialAttention(nn.Module):
 class MidBlock(nn.Module):
     """ResNet + temporal stack, attention, ResNet + temporal stack."""
 
-    def __init__(self, channels, groups, ops, **factory):
+    def __init__(self, channels, groups, ops, reference_ops=False, **factory):
         super().__init__()
         self.resnets = nn.ModuleList([ResnetBlock(channels, channels, groups, ops, **factory) for _ in range(2)])
-        self.temp_convs = nn.ModuleList([TemporalConvStack(channels, groups, ops, **factory) for _ in range(2)])
+        self.temp_convs = nn.ModuleList([TemporalConvStack(channels, groups, ops, reference_ops=reference_ops, **factory)
+                                         for _ in range(2)])
         self.attentions = nn.ModuleList([SpatialAttention(channels, groups, ops, **factory)])
 
     def forward(self, frames, batch):
@@ -198,15 +206,18 @@ class Upsample(nn.Module):
 class ResampleBlock(nn.Module):
     """`layers` x (ResNet, temporal stack), then optional temporal and spatial resampling."""
 
-    def __init__(self, in_channels, out_channels, layers, groups, ops, spatial, temporal, direction, **factory):
+    def __init__(self, in_channels, out_channels, layers, groups, ops, spatial, temporal, direction, reference_ops=False,
+                 **factory):
         super().__init__()
         self.resnets = nn.ModuleList([ResnetBlock(in_channels if i == 0 else out_channels, out_channels, groups, ops, **factory)
                                       for i in range(layers)])
-        self.temp_convs = nn.ModuleList([TemporalConvStack(out_channels, groups, ops, **factory) for _ in range(layers)])
+        self.temp_convs = nn.ModuleList([TemporalConvStack(out_channels, groups, ops, reference_ops=reference_ops, **factory)
+                                         for _ in range(layers)])
         # The reference's names: temp_convs_down / downsamplers (encoder), temp_conv_up / upsamplers (decoder).
         self.temporal_name = ("temp_convs_down" if direction == "down" else "temp_conv_up") if temporal else None
         if temporal:
-            setattr(self, self.temporal_name, TemporalConvStack(out_channels, groups, ops, mode=direction, **factory))
+            setattr(self, self.temporal_name, TemporalConvStack(out_channels, groups, ops, mode=direction,
+                                                                reference_ops=reference_ops, **factory))
         self.spatial_name = "downsamplers" if direction == "down" else "upsamplers"
         sampler = (Downsample if direction == "down" else Upsample)(out_channels, ops, **factory) if spatial else None
         setattr(self, self.spatial_name, nn.ModuleList([sampler]) if sampler is not None else None)

@@ -1,5 +1,7 @@
 """Loader nodes: the Allegro DiT (T2V or TI2V), its VAE, and T5 from a diffusers folder."""
+import json
 import logging
+from pathlib import Path
 
 import torch
 
@@ -35,6 +37,21 @@ def expect_kind(state_dict, wanted: tuple[str, ...], path, node: str):
     return found.kind, checkpoints.strip_prefix(state_dict, found.prefix)
 
 
+def check_choice(value, choices: list[str], folder_kind: str):
+    """VALIDATE_INPUTS for a weights list: True, or what is wrong and what can be picked. (It replaces
+    ComfyUI's "Value not in list", which says "(list of length N)" once the list is long.)"""
+    if value is None or value in choices:      # None: linked from another node, checked when it runs
+        return True
+    shown = ", ".join(choices[:12]) + (f", … ({len(choices)} in all)" if len(choices) > 12 else "")
+    suffix = Path(str(value)).suffix.lower()
+    if suffix in checkpoints.PICKLE_SUFFIXES:
+        problem = (f"is a PyTorch pickle ({suffix}): pickles can run code when loaded, so they are never listed or "
+                   "opened. Use the .safetensors version of these weights")
+    else:
+        problem = f"is not a .safetensors file in models/{folder_kind}/ nor a folder in models/diffusers/"
+    return f"{value!r} {problem}. Available: {shown or 'nothing'}."   # ComfyUI prefixes the input's name
+
+
 class AllegroModelLoader:
     DESCRIPTION = ("Loads the Allegro DiT (text-to-video) or Allegro-TI2V (text-image-to-video), told apart by "
                    "its weights: a single .safetensors from models/diffusion_models/, or the hub folder "
@@ -57,17 +74,25 @@ class AllegroModelLoader:
                                         "fp16, fp32 (11 GB), or fp8_e4m3fn (2.8 GB; computed in bf16/fp16)."}),
         }}
 
+    @classmethod
+    def VALIDATE_INPUTS(cls, model_name=None):
+        return check_choice(model_name, cls.INPUT_TYPES()["required"]["model_name"][0], "diffusion_models")
+
     def load(self, model_name, weight_dtype):
         config, state_dict, metadata, path = read_component(model_name, "diffusion_models", "transformer")
         kind, state_dict = expect_kind(state_dict, ("allegro_t2v", "allegro_ti2v"), path, "Load Allegro Model")
         if config is None:
             config = checkpoints.infer_transformer_config(state_dict, metadata, source=path.name)
         else:
-            config = checkpoints.normalise_transformer_config(config)
-        if config.get("ti2v", False) != (kind == "allegro_ti2v"):
-            raise ValueError(f"{path}: config.json describes an Allegro{'-TI2V' if config.get('ti2v') else ' T2V'} "
-                             f"model but the weights are {checkpoints.KIND_DESCRIPTIONS[kind]}; the folder mixes "
-                             "two downloads.")
+            declared = checkpoints.normalise_transformer_config(config)
+            if declared["ti2v"] != (kind == "allegro_ti2v"):
+                raise ValueError(f"{path}: config.json describes an Allegro{'-TI2V' if declared['ti2v'] else ' T2V'} "
+                                 f"model but the weights are {checkpoints.KIND_DESCRIPTIONS[kind]}; the folder mixes "
+                                 "two downloads.")
+            # The same check as a single file's embedded config: every size config.json states must be
+            # the tensors' (a clear error naming the setting instead of a wall of size mismatches).
+            config = checkpoints.infer_transformer_config(state_dict, {"config": json.dumps(config)},
+                                                          source=str(path / "config.json"))
         # The only TI2V reference (the original repo) shares RoPE tables between equal-length axes.
         config = {**config, "rope_shares_equal_lengths": kind == "allegro_ti2v"}
         logging.info("Loading %s from %s", checkpoints.KIND_DESCRIPTIONS[kind], path)
@@ -92,6 +117,10 @@ class AllegroVAELoader:
             "dtype": (list(VAE_DTYPES), {"default": "fp32", "tooltip": "fp32 is the release dtype and the model "
                                                                       "card's advice; bf16/fp16 halve its memory."}),
         }}
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, vae_name=None):
+        return check_choice(vae_name, cls.INPUT_TYPES()["required"]["vae_name"][0], "vae")
 
     def load(self, vae_name, dtype):
         from .comfy_vae import build_vae

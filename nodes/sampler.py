@@ -87,8 +87,10 @@ class AllegroSampler:
 
     def sample(self, model, positive, negative, latent, seed, steps, cfg, sampler_name, scheduler,
                noise_stream, denoise):
+        # Checked before ComfyUI's empty-latent fix, which would quietly turn an image latent (e.g. from
+        # 'Empty Latent Image') into a one-frame video and cut a 16-channel one down to 4 channels.
+        check_latent(latent["samples"])
         latent_image = comfy.sample.fix_empty_latent_channels(model, latent["samples"])
-        check_latent(latent_image)
         sigmas = schedule(model, sampler_name, scheduler, steps, denoise)
         if noise_stream == "reference":
             stream = ReferenceNoise(seed)
@@ -109,8 +111,10 @@ class AllegroSampler:
 
 def check_latent(samples: torch.Tensor):
     if samples.ndim != 5 or samples.shape[1] != 4:
-        raise ValueError(f"Allegro samples video latents [batch, 4, frames, height/8, width/8]; got a LATENT of "
-                         f"shape {list(samples.shape)}. Use 'Allegro Empty Latent Video' or an Allegro VAE encode.")
+        raise ValueError(f"Allegro samples video latents [batch, 4, frames, height/8, width/8]; the 'latent' input is "
+                         f"shaped {list(samples.shape)}"
+                         + (" (an image latent)" if samples.ndim == 4 else "") + ". Use 'Allegro Empty Latent Video', "
+                         "the TI2V node's latent or 'Allegro VAE Encode'.")
     if samples.shape[-1] % 2 or samples.shape[-2] % 2:
         raise ValueError(f"The latent's height and width ({samples.shape[-2]}x{samples.shape[-1]}) must be even "
                          "(video sides a multiple of 16 pixels).")

@@ -29,6 +29,10 @@ def _class_name(config_path: Path) -> str | None:
 def _holds(folder: Path, component: str) -> bool:
     if (folder / component / "config.json").is_file():
         return True
+    # A pipeline folder whose component folder is incomplete is still listed, so that picking it
+    # says what is missing instead of the folder silently not being offered.
+    if (folder / "model_index.json").is_file() and (folder / component).is_dir():
+        return True
     return _class_name(folder / "config.json") in COMPONENT_CLASSES[component]
 
 

@@ -16,8 +16,8 @@ def allegro_vae(vae, node: str):
 def video_latent(latent: dict, node: str) -> torch.Tensor:
     samples = latent["samples"]
     if samples.ndim != 5 or samples.shape[1] != 4:
-        raise ValueError(f"'{node}' takes an Allegro video latent [batch, 4, frames, height/8, width/8]; got shape "
-                         f"{list(samples.shape)}. Decode other models' latents with their own VAE.")
+        raise ValueError(f"'{node}' takes an Allegro video latent [batch, 4, frames, height/8, width/8] as 'samples'; "
+                         f"got shape {list(samples.shape)}. Decode other models' latents with their own VAE.")
     return samples
 
 

@@ -92,8 +92,8 @@ def test_ti2v_folder_has_original_config_and_extra_branches(tiny_models):
     extra = set(weights) - set(t2v_weights)
     assert extra == {f"{b}.{part}" for b in TI2V_BRANCHES for part in ("0.proj.weight", "0.proj.bias", "1.weight")}
     assert all(torch.equal(weights[k], v) for k, v in t2v_weights.items())
-    for name in extra:                     # small but non-zero, so the image condition changes the output
-        assert 0.01 < weights[name].std() < 0.04
+    for name in extra:                     # non-zero, so the image condition changes the output
+        assert 0.15 < weights[name].std() < 0.35
     assert weights["pos_embed_mask.0.proj.weight"].shape == (48, 4, 2, 2)
     assert weights["pos_embed_mask.1.weight"].shape == (48, 48)
 

@@ -93,6 +93,16 @@ class InProcessComfy:
     def node_types(self) -> dict:
         return self.nodes.NODE_CLASS_MAPPINGS
 
+    def object_info(self) -> dict:
+        """The parts of GET /object_info that turn a UI workflow into a prompt: inputs (in order) and outputs."""
+        info = {}
+        for name, node_class in self.node_types.items():
+            inputs = node_class.INPUT_TYPES()
+            outputs = list(node_class.RETURN_TYPES)
+            info[name] = {"input": inputs, "input_order": {section: list(specs) for section, specs in inputs.items()},
+                          "output": outputs, "output_name": list(getattr(node_class, "RETURN_NAMES", None) or outputs)}
+        return info
+
     def validate(self, prompt: dict):
         """(ok, error, node_errors) exactly as POST /prompt would judge the graph."""
         ok, error, _outputs, node_errors = asyncio.run(

@@ -1,0 +1,563 @@
+"""What a user sees when something is wrong, through the real ComfyUI /prompt path of a live server.
+
+Each case of the matrix posts a broken graph to /prompt and checks the message the user would be
+shown — /prompt's 400 node_errors for what ComfyUI's validation refuses, else the
+execution_error's exception_message in /history — for the offending input or file and what is
+allowed (never a bare stack trace); then the corrected graph must run in the same server.
+Bad weights are written into the session's models folders at run time and removed afterwards;
+pickles carry a payload that would create a marker file, which must never appear.
+Cancelling during sampling and during VAE decode leaves no output behind and the next run is
+exactly an uninterrupted run's. The last test runs a good prompt after everything else.
+
+The messages seen are written to test-output/error_matrix.md for a person to read.
+"""
+import json
+import shutil
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pytest
+import requests
+from PIL import Image
+from safetensors.torch import load_file
+
+import bad_inputs
+
+pytestmark = [pytest.mark.server, pytest.mark.slow]
+
+T2V, TI2V = "diffusers/Allegro-tiny", "diffusers/Allegro-TI2V-tiny"
+FRAMES, SIZE, STEPS = 8, 64, 2           # small enough that a whole graph runs in seconds on 2 CPU cores
+PREFIX = "error_matrix_"                 # every file and folder the module writes starts with this
+
+
+# ---------------------------------------------------------------------------------------------
+# Graph pieces (API format)
+
+def show(source) -> dict:
+    """An output node that accepts anything: lets a graph end at any node."""
+    return {"class_type": "PreviewAny", "inputs": {"source": source}}
+
+
+LOADER_INPUTS = {
+    "AllegroModelLoader": lambda name: {"model_name": name, "weight_dtype": "fp32"},
+    "AllegroVAELoader": lambda name: {"vae_name": name, "dtype": "fp32"},
+    "AllegroT5Loader": lambda name: {"text_encoder": name, "dtype": "fp32"},
+}
+
+
+def loader(node_class: str, name: str) -> dict:
+    return {"load": {"class_type": node_class, "inputs": LOADER_INPUTS[node_class](name)}, "show": show(["load", 0])}
+
+
+def text_nodes(prompt="a red fox runs through fresh snow", negative="blurry", use_template=False) -> dict:
+    return {
+        "t5": {"class_type": "AllegroT5Loader", "inputs": LOADER_INPUTS["AllegroT5Loader"](T2V)},
+        "text": {"class_type": "AllegroTextEncode", "inputs": {
+            "clip": ["t5", 0], "prompt": prompt, "negative_prompt": negative, "use_template": use_template,
+            "clean_caption": True}},
+    }
+
+
+def sampler(latent, positive=("text", 0), negative=("text", 1), steps=STEPS, seed=7) -> dict:
+    return {"class_type": "AllegroSampler", "inputs": {
+        "model": ["dit", 0], "positive": list(positive), "negative": list(negative), "latent": latent,
+        "seed": seed, "steps": steps, "cfg": 7.5, "sampler_name": "euler_ancestral",
+        "scheduler": "linspace (reference)", "noise_stream": "reference", "denoise": 1.0}}
+
+
+def empty_video(width=SIZE, height=SIZE, length=FRAMES, batch_size=1) -> dict:
+    return {"class_type": "AllegroEmptyLatentVideo",
+            "inputs": {"width": width, "height": height, "length": length, "batch_size": batch_size}}
+
+
+def t2v(model=T2V, latent: dict | None = None, steps=STEPS, **text) -> dict:
+    """Text-to-video up to the sampled latent."""
+    return {**text_nodes(**text),
+            "dit": {"class_type": "AllegroModelLoader", "inputs": LOADER_INPUTS["AllegroModelLoader"](model)},
+            "latent": latent or empty_video(),
+            "sample": sampler(["latent", 0], steps=steps),
+            "show": show(["sample", 0])}
+
+
+def ti2v(model=TI2V, image: dict | None = None, with_ti2v_node=True, first_frame=True, width=SIZE, height=SIZE,
+         length=FRAMES) -> dict:
+    """Image-to-video up to the sampled latent; `image` replaces the LoadImage node ("image") and may
+    bring more nodes ("image" must be the one that feeds the first frame)."""
+    graph = {**text_nodes(),
+             "dit": {"class_type": "AllegroModelLoader", "inputs": LOADER_INPUTS["AllegroModelLoader"](model)},
+             "vae": {"class_type": "AllegroVAELoader", "inputs": LOADER_INPUTS["AllegroVAELoader"](TI2V)},
+             **(image or {"image": load_image("first.png")}),
+             "ti2v": {"class_type": "AllegroTI2VConditioning", "inputs": {
+                 "positive": ["text", 0], "negative": ["text", 1], "vae": ["vae", 0], "first_frame": ["image", 0],
+                 "width": width, "height": height, "length": length}},
+             "show": show(["sample", 0])}
+    if not first_frame:
+        del graph["ti2v"]["inputs"]["first_frame"]
+    if with_ti2v_node:
+        graph["sample"] = sampler(["ti2v", 2], positive=("ti2v", 0), negative=("ti2v", 1))
+    else:
+        graph["sample"] = sampler(["latent", 0])
+        graph["latent"] = empty_video()
+        del graph["ti2v"]
+        graph["show"] = show(["sample", 0])
+    return graph
+
+
+def load_image(name: str) -> dict:
+    return {"class_type": "LoadImage", "inputs": {"image": PREFIX + name}}
+
+
+def decode(latent_node: dict) -> dict:
+    return {"vae": {"class_type": "AllegroVAELoader", "inputs": LOADER_INPUTS["AllegroVAELoader"](T2V)},
+            "latent": latent_node,
+            "decode": {"class_type": "AllegroVAEDecode", "inputs": {"samples": ["latent", 0], "vae": ["vae", 0]}},
+            "show": show(["decode", 0])}
+
+
+def latent_into_sampler(latent_node: dict) -> dict:
+    return t2v(latent=latent_node)
+
+
+def reference_graph(steps=STEPS, frames=FRAMES, size=SIZE, tiles: dict | None = None, tag="good",
+                    save_latent=True) -> dict:
+    """The whole text-to-video graph, saving the latent (unless told not to) and the decoded frames."""
+    graph = t2v(steps=steps, latent=empty_video(size, size, frames))
+    del graph["show"]
+    graph["vae"] = {"class_type": "AllegroVAELoader", "inputs": LOADER_INPUTS["AllegroVAELoader"](T2V)}
+    graph["decode"] = {"class_type": "AllegroVAEDecode",
+                       "inputs": {"samples": ["sample", 0], "vae": ["vae", 0], **(tiles or {})}}
+    if save_latent:
+        graph["save_latent"] = {"class_type": "SaveLatent",
+                                "inputs": {"samples": ["sample", 0], "filename_prefix": f"{PREFIX}{tag}/latent"}}
+    graph["save_frames"] = {"class_type": "SaveImage",
+                            "inputs": {"images": ["decode", 0], "filename_prefix": f"{PREFIX}{tag}/frame"}}
+    return graph
+
+
+# ---------------------------------------------------------------------------------------------
+# The session: bad files, input images, a websocket listener
+
+
+class Session:
+    def __init__(self, server, base_dir: Path, tiny_models: dict):
+        self.server, self.base_dir, self.tiny = server, base_dir, tiny_models
+        self.models, self.input, self.output = base_dir / "models", base_dir / "input", base_dir / "output"
+        self.marker = base_dir / f"{PREFIX}PICKLE_WAS_UNPICKLED"
+        self.created: list[Path] = []
+        self.seen: list[tuple[str, str, str]] = []       # (case, where, message) for the record
+        self.client_id = str(uuid.uuid4())
+        self.events = bad_inputs.EventListener(server.url, self.client_id)
+
+    def path(self, relative: str) -> Path:
+        path = self.base_dir / relative
+        self.created.append(path)
+        return path
+
+    def write_everything(self):
+        m, tiny = "models/", self.tiny
+        write, marker = bad_inputs.write_tensors, self.marker
+        dm, vae = m + "diffusion_models/" + PREFIX, m + "vae/" + PREFIX
+        self.path(dm + "not_a_model.safetensors").write_text("These are not the weights you are looking for.\n" * 4)
+        self.path(dm + "empty.safetensors").write_bytes(b"")
+        self.path(dm + "lfs_pointer.safetensors").write_bytes(bad_inputs.LFS_POINTER)
+        bad_inputs.write_truncated(tiny["t2v_file"], self.path(dm + "truncated.safetensors"))
+        write(self.path(dm + "sd15.safetensors"), bad_inputs.SD15_KEYS)
+        write(self.path(dm + "flux.safetensors"), bad_inputs.FLUX_KEYS)
+        write(self.path(dm + "t5.safetensors"), bad_inputs.T5_KEYS)
+        shutil.copy2(tiny["t2v_file"], self.path(vae + "dit.safetensors"))
+        # Pickles: under pickle suffixes, and disguised with a .safetensors name.
+        bad_inputs.write_raw_pickle(self.path(dm + "evil.ckpt"), marker)
+        bad_inputs.write_torch_save(self.path(vae + "evil.pt"), marker)
+        bad_inputs.write_raw_pickle(self.path(dm + "renamed_ckpt.safetensors"), marker)
+        bad_inputs.write_torch_save(self.path(dm + "renamed_pt.safetensors"), marker)
+        # diffusers folders derived from the good one.
+        good, folders = tiny["diffusers_t2v"], m + "diffusers/" + PREFIX
+        pickled = bad_inputs.pipeline_copy(good, self.path(folders + "pickled"), ("transformer",))
+        bad_inputs.replace_file(pickled / "transformer" / "diffusion_pytorch_model.safetensors")
+        bad_inputs.write_torch_save(pickled / "transformer" / "diffusion_pytorch_model.bin", marker)
+        no_config = bad_inputs.pipeline_copy(good, self.path(folders + "no_config"), ("transformer",))
+        bad_inputs.replace_file(no_config / "transformer" / "config.json")
+        no_shard = bad_inputs.pipeline_copy(good, self.path(folders + "no_shard"), ("text_encoder",))
+        self.missing_shard = sorted((no_shard / "text_encoder").glob("model-*-of-*.safetensors"))[-1].name
+        bad_inputs.replace_file(no_shard / "text_encoder" / self.missing_shard)
+        for name, change in (("wrong_layers", {"num_layers": 3}), ("wrong_heads", {"num_attention_heads": 3})):
+            folder = bad_inputs.pipeline_copy(good, self.path(folders + name), ("transformer",))
+            config = json.loads((good / "transformer" / "config.json").read_text())
+            bad_inputs.replace_file(folder / "transformer" / "config.json", json.dumps({**config, **change}))
+        # Input images: RGB, RGBA, and a single pixel.
+        gradient = np.linspace(0, 255, 48 * 80 * 3).reshape(48, 80, 3).astype(np.uint8)
+        Image.fromarray(gradient).save(self.path(f"input/{PREFIX}first.png"))
+        rgba = np.random.default_rng(0).integers(0, 255, (40, 40, 4), dtype=np.uint8)
+        Image.fromarray(rgba, "RGBA").save(self.path(f"input/{PREFIX}alpha.png"))
+        Image.new("RGB", (1, 1), (200, 30, 90)).save(self.path(f"input/{PREFIX}pixel.png"))
+
+    def remove_everything(self):
+        for path in reversed(self.created):
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            else:
+                path.unlink(missing_ok=True)
+        self.marker.unlink(missing_ok=True)
+
+    # --- /prompt --------------------------------------------------------------------------------
+    def post(self, graph: dict) -> dict:
+        response = requests.post(self.server.url + "/prompt", timeout=60,
+                                 data=json.dumps({"prompt": graph, "client_id": self.client_id}))
+        answer = response.json()
+        answer["http_status"] = response.status_code
+        return answer
+
+    def submit(self, graph: dict) -> str:
+        answer = self.post(graph)
+        assert answer["http_status"] == 200, f"/prompt refused the graph: {json.dumps(answer, indent=1)[:3000]}"
+        return answer["prompt_id"]
+
+    def run(self, graph: dict, timeout=300) -> dict:
+        return self.server.wait(self.submit(graph), timeout)
+
+    def run_ok(self, graph: dict, timeout=300) -> dict:
+        entry = self.run(graph, timeout)
+        assert entry["status"]["status_str"] == "success", _status_text(entry)
+        return entry
+
+    def log_offset(self) -> int:
+        return self.server.log_path.stat().st_size
+
+    def log_since(self, offset: int) -> str:
+        with open(self.server.log_path, "rb") as log:
+            log.seek(offset)
+            return log.read().decode(errors="replace")
+
+
+def _status_text(entry: dict) -> str:
+    messages = dict(entry["status"].get("messages", []))
+    error = messages.get("execution_error")
+    return error["exception_message"] if error else json.dumps(entry["status"])[:3000]
+
+
+def validation_message(answer: dict, node: str) -> str:
+    """What the front-end shows for a node that failed validation: each error's message and details."""
+    errors = answer.get("node_errors", {}).get(node, {}).get("errors", [])
+    assert errors, f"no validation error for node {node!r}: {json.dumps(answer, indent=1)[:3000]}"
+    return "\n".join(f"{e['message']}: {e['details']}" for e in errors)
+
+
+def assert_readable(message: str):
+    assert message.strip(), "empty message"
+    assert "Traceback (most recent call last)" not in message, message
+    assert not message.lstrip().startswith('File "'), message
+
+
+@pytest.fixture(scope="module")
+def session(comfy_server, base_dir, tiny_models, test_output):
+    session = Session(comfy_server, base_dir, tiny_models)
+    session.remove_everything()          # leftovers of an interrupted earlier run
+    session.created.clear()
+    session.write_everything()
+    session.events.start()
+    yield session
+    session.events.stop()
+    session.remove_everything()
+    lines = ["# Error matrix: what the user sees", "",
+             "Written by tests/test_error_matrix.py (ComfyUI /prompt path, live server).", "",
+             "| case | shown by | message |", "|---|---|---|"]
+    for case, where, message in session.seen:
+        lines.append(f"| {case} | {where} | {message.strip().replace(chr(10), ' ').replace('|', '/')} |")
+    (test_output / "error_matrix.md").write_text("\n".join(lines) + "\n")
+
+
+@pytest.fixture(scope="module")
+def reference(session):
+    """An uninterrupted run of the whole graph: its latent and decoded frames."""
+    return saved_outputs(session, session.run_ok(reference_graph(tag="reference")))
+
+
+def saved_outputs(session: Session, entry: dict) -> dict:
+    latent = entry["outputs"]["save_latent"]["latents"][0]
+    frames = entry["outputs"]["save_frames"]["images"]
+    file = lambda item: session.output / item["subfolder"] / item["filename"]       # noqa: E731
+    return {"latent": load_file(str(file(latent)))["latent_tensor"],
+            "frames": np.stack([np.asarray(Image.open(file(item))) for item in frames])}
+
+
+# ---------------------------------------------------------------------------------------------
+# The matrix of refusals
+
+@dataclass(frozen=True)
+class Case:
+    id: str
+    bad: Callable[[Session], dict]
+    node: str                       # the node whose error the user sees
+    expect: tuple[str, ...]         # all of these are in the message
+    good: Callable[[Session], dict]
+    validation: bool = False        # refused by /prompt itself (400) rather than while running
+
+
+def dit_file(name):
+    return lambda s: loader("AllegroModelLoader", f"{PREFIX}{name}")
+
+
+def good_dit(s):
+    return loader("AllegroModelLoader", "allegro_tiny_t2v.safetensors")
+
+
+def folder(component_loader, name):
+    return lambda s: loader(component_loader, f"diffusers/{PREFIX}{name}")
+
+
+def with_input(build, node, **inputs):
+    def make(s):
+        graph = build(s) if callable(build) else build
+        graph[node]["inputs"].update(inputs)
+        return graph
+    return make
+
+
+def image_batch(count: int) -> dict:
+    return {"one": load_image("first.png"),
+            "image": {"class_type": "RepeatImageBatch", "inputs": {"image": ["one", 0], "amount": count}}}
+
+
+def size_graph(**inputs):
+    return lambda s: {"latent": empty_video(**{**dict(width=SIZE, height=SIZE, length=FRAMES), **inputs}),
+                      "show": show(["latent", 0])}
+
+
+CORE_IMAGE_LATENT = {"class_type": "EmptyLatentImage", "inputs": {"width": SIZE, "height": SIZE, "batch_size": 1}}
+CORE_SD3_LATENT = {"class_type": "EmptySD3LatentImage", "inputs": {"width": SIZE, "height": SIZE, "batch_size": 1}}
+CORE_HUNYUAN_LATENT = {"class_type": "EmptyHunyuanLatentVideo",
+                       "inputs": {"width": SIZE, "height": SIZE, "length": 9, "batch_size": 1}}
+PICKLE_WORDS = ("pickle", "never", "safetensors")
+
+CASES = [
+    # --- weights files ----------------------------------------------------------------------
+    Case("text file named .safetensors", dit_file("not_a_model.safetensors"), "load",
+         (f"{PREFIX}not_a_model.safetensors", "is not a safetensors file", "Only .safetensors"), good_dit),
+    Case("empty file", dit_file("empty.safetensors"), "load", (f"{PREFIX}empty.safetensors", "empty (0 bytes)"),
+         good_dit),
+    Case("git-lfs pointer", dit_file("lfs_pointer.safetensors"), "load",
+         (f"{PREFIX}lfs_pointer.safetensors", "Git LFS pointer", "git lfs pull"), good_dit),
+    Case("truncated safetensors", dit_file("truncated.safetensors"), "load",
+         (f"{PREFIX}truncated.safetensors", "is truncated", "download it again"), good_dit),
+    Case("model file that is not there", dit_file("missing.safetensors"), "load",
+         ("model_name", f"{PREFIX}missing.safetensors", "is not a .safetensors file in models/diffusion_models/",
+          "Available:", "allegro_tiny_t2v.safetensors"), good_dit, validation=True),
+    Case("SD1.5 checkpoint as the DiT", dit_file("sd15.safetensors"), "load",
+         (f"{PREFIX}sd15.safetensors", "Stable Diffusion 1.5", "not an Allegro text-to-video transformer",
+          "Load Allegro Model"), good_dit),
+    Case("Flux transformer as the DiT", dit_file("flux.safetensors"), "load",
+         (f"{PREFIX}flux.safetensors", "a Flux transformer", "not an Allegro"), good_dit),
+    Case("T5 encoder as the DiT", dit_file("t5.safetensors"), "load",
+         (f"{PREFIX}t5.safetensors", "a T5 text encoder", "not an Allegro"), good_dit),
+    Case("DiT as the VAE", lambda s: loader("AllegroVAELoader", f"{PREFIX}dit.safetensors"), "load",
+         (f"{PREFIX}dit.safetensors", "Allegro text-to-video transformer", "not the Allegro video VAE",
+          "Load Allegro VAE"), lambda s: loader("AllegroVAELoader", "allegro_tiny_vae.safetensors")),
+    # Pickles: never offered, never opened, however they are named or wherever they are.
+    Case(".ckpt pickle in diffusion_models", dit_file("evil.ckpt"), "load",
+         ("model_name", f"{PREFIX}evil.ckpt", "PyTorch pickle", "never", ".safetensors", "Available:",
+          "diffusers/Allegro-tiny"), good_dit, validation=True),
+    Case(".pt pickle in vae", lambda s: loader("AllegroVAELoader", f"{PREFIX}evil.pt"), "load",
+         ("vae_name", f"{PREFIX}evil.pt", "PyTorch pickle", "never", ".safetensors", "Available:",
+          "allegro_tiny_vae.safetensors"),
+         lambda s: loader("AllegroVAELoader", "allegro_tiny_vae.safetensors"), validation=True),
+    Case("pickle renamed .safetensors", dit_file("renamed_ckpt.safetensors"), "load",
+         (f"{PREFIX}renamed_ckpt.safetensors", "pickle header", *PICKLE_WORDS), good_dit),
+    Case("torch.save zip renamed .safetensors", dit_file("renamed_pt.safetensors"), "load",
+         (f"{PREFIX}renamed_pt.safetensors", "zip archive", *PICKLE_WORDS), good_dit),
+    Case("diffusers folder with only a .bin pickle", folder("AllegroModelLoader", "pickled"), "load",
+         ("transformer", "diffusion_pytorch_model.bin", *PICKLE_WORDS), good_dit),
+    # --- diffusers folders --------------------------------------------------------------------
+    Case("diffusers folder without transformer/config.json", folder("AllegroModelLoader", "no_config"), "load",
+         (f"{PREFIX}no_config", "transformer/ folder has no config.json", "diffusion_pytorch_model.safetensors"),
+         lambda s: loader("AllegroModelLoader", T2V)),
+    Case("diffusers folder missing a T5 shard", folder("AllegroT5Loader", "no_shard"), "load",
+         ("is listed in model.safetensors.index.json but missing", "text_encoder"),
+         lambda s: loader("AllegroT5Loader", T2V)),
+    Case("config.json with another layer count", folder("AllegroModelLoader", "wrong_layers"), "load",
+         ("config.json", "num_layers=3", "tensors say 2"), lambda s: loader("AllegroModelLoader", T2V)),
+    Case("config.json with another head count", folder("AllegroModelLoader", "wrong_heads"), "load",
+         ("config.json", "3 heads", "48 wide", "fix it"), lambda s: loader("AllegroModelLoader", T2V)),
+    # --- T2V / TI2V mix-ups -----------------------------------------------------------------
+    Case("TI2V conditioning into the T2V model", lambda s: ti2v(model=T2V), "sample",
+         ("Allegro-TI2V image frames", "Allegro T2V", "Load the Allegro-TI2V transformer"), lambda s: ti2v()),
+    Case("TI2V model without the TI2V node", lambda s: ti2v(with_ti2v_node=False), "sample",
+         ("Allegro-TI2V needs image conditioning", "Allegro TI2V Conditioning"), lambda s: ti2v()),
+    # --- sizes --------------------------------------------------------------------------------
+    Case("width not a multiple of 16", size_graph(width=100), "latent",
+         ("width must be a multiple of 16", "got 100", "use 96 or 112"), size_graph()),
+    Case("height not a multiple of 16 (TI2V node)", lambda s: ti2v(height=200), "ti2v",
+         ("height must be a multiple of 16", "got 200", "use 192 or 208"), lambda s: ti2v()),
+    Case("90 frames", size_graph(length=90), "latent",
+         ("length must be a multiple of 4 or one more", "got 90", "88, 89 or 92"), size_graph(length=88)),
+    Case("90 frames (TI2V node)", lambda s: ti2v(length=90), "ti2v",
+         ("length must be a multiple of 4 or one more", "got 90"), lambda s: ti2v()),
+    Case("width 0", size_graph(width=0), "latent", ("width", "Value 0 smaller than min of 16"), size_graph(),
+         validation=True),
+    Case("negative height", size_graph(height=-64), "latent", ("height", "Value -64 smaller than min of 16"),
+         size_graph(), validation=True),
+    Case("length 0", size_graph(length=0), "latent", ("length", "Value 0 smaller than min of 4"), size_graph(),
+         validation=True),
+    Case("width above the widget's max", size_graph(width=9600), "latent",
+         ("width", "Value 9600 bigger than max of 8192"), size_graph(), validation=True),
+    Case("size that cannot fit in memory", size_graph(width=8192, height=8192, length=1024, batch_size=4), "latent",
+         ("4 x 1024 frames of 8192x8192", "GiB", "Lower the length, the size or the batch"), size_graph()),
+    # --- TI2V images ----------------------------------------------------------------------------
+    Case("TI2V without a first frame", lambda s: ti2v(first_frame=False), "ti2v",
+         ("Required input is missing", "first_frame"), lambda s: ti2v(), validation=True),
+    Case("TI2V with a batch of 3 images", lambda s: ti2v(image=image_batch(3)), "ti2v",
+         ("first_frame holds 3 images", "exactly one", "Image From Batch"), lambda s: ti2v(image=image_batch(1))),
+    # --- latents and types -----------------------------------------------------------------------
+    Case("core image latent into the sampler", lambda s: latent_into_sampler(CORE_IMAGE_LATENT), "sample",
+         ("latent", "[1, 4, 8, 8]", "[batch, 4, frames, height/8, width/8]", "Allegro Empty Latent Video"),
+         lambda s: latent_into_sampler(empty_video())),
+    Case("SD3 16-channel latent into the sampler", lambda s: latent_into_sampler(CORE_SD3_LATENT), "sample",
+         ("latent", "[1, 16, 8, 8]", "[batch, 4, frames, height/8, width/8]"),
+         lambda s: latent_into_sampler(empty_video())),
+    Case("Hunyuan 16-channel video latent into the sampler", lambda s: latent_into_sampler(CORE_HUNYUAN_LATENT),
+         "sample", ("latent", "[1, 16, 3, 8, 8]", "[batch, 4, frames, height/8, width/8]"),
+         lambda s: latent_into_sampler(empty_video())),
+    Case("core image latent into the decode", lambda s: decode(CORE_IMAGE_LATENT), "decode",
+         ("samples", "Allegro VAE Decode", "[1, 4, 8, 8]", "[batch, 4, frames, height/8, width/8]"),
+         lambda s: decode(empty_video())),
+    Case("SD3 16-channel latent into the decode", lambda s: decode(CORE_SD3_LATENT), "decode",
+         ("samples", "[1, 16, 8, 8]", "[batch, 4, frames, height/8, width/8]"), lambda s: decode(empty_video())),
+    Case("IMAGE into the sampler's latent", lambda s: latent_into_sampler(load_image("first.png")), "sample",
+         ("latent", "received_type(IMAGE) mismatch input_type(LATENT)"),
+         lambda s: latent_into_sampler(empty_video()), validation=True),
+    Case("IMAGE into the decode's vae", with_input(lambda s: {**decode(empty_video()), "img": load_image("first.png")},
+                                                   "decode", vae=["img", 0]), "decode",
+         ("vae", "received_type(IMAGE) mismatch input_type(VAE)"), lambda s: decode(empty_video()), validation=True),
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[case.id for case in CASES])
+def test_refused_with_a_clear_message_then_the_fix_runs(session, case):
+    answer = session.post(case.bad(session))
+    if case.validation:
+        assert answer["http_status"] == 400, json.dumps(answer, indent=1)[:3000]
+        message = validation_message(answer, case.node)
+        where = "/prompt 400"
+    else:
+        assert answer["http_status"] == 200, json.dumps(answer, indent=1)[:3000]
+        entry = session.server.wait(answer["prompt_id"], timeout=300)
+        assert entry["status"]["status_str"] == "error", f"expected an error, got {json.dumps(entry['status'])[:2000]}"
+        error = dict(entry["status"]["messages"])["execution_error"]
+        assert error["node_id"] == case.node, (error["node_id"], error["exception_message"])
+        message = error["exception_message"]
+        where = f"execution_error ({error['node_type']})"
+    session.seen.append((case.id, where, message))
+    assert_readable(message)
+    missing = [text for text in case.expect if text not in message]
+    assert not missing, f"{missing} not in the message:\n{message}"
+    assert not session.marker.exists(), "a pickle was unpickled"
+    session.run_ok(case.good(session))
+
+
+# ---------------------------------------------------------------------------------------------
+# Inputs that must work
+
+def long_prompt() -> str:
+    """About 700 T5 tokens: numbered sentences, so the dropped tail is recognisable."""
+    return " ".join(f"Scene {n}: the fox passes tree number {n}." for n in range(1, 71))
+
+
+def test_the_pickle_payloads_are_real_and_never_ran(session, base_dir):
+    assert bad_inputs.payloads_work(base_dir / f"{PREFIX}control")
+    shutil.rmtree(base_dir / f"{PREFIX}control")
+    graphs = [loader("AllegroModelLoader", f"{PREFIX}{name}")
+              for name in ("evil.ckpt", "renamed_ckpt.safetensors", "renamed_pt.safetensors")]
+    graphs += [loader("AllegroVAELoader", f"{PREFIX}evil.pt"), loader("AllegroModelLoader", f"diffusers/{PREFIX}pickled")]
+    for graph in graphs:
+        answer = session.post(graph)
+        if answer["http_status"] == 200:
+            assert session.server.wait(answer["prompt_id"])["status"]["status_str"] == "error"
+        else:
+            assert answer["http_status"] == 400
+    assert not session.marker.exists()
+
+
+def test_a_prompt_over_512_tokens_is_truncated_with_a_warning(session):
+    offset = session.log_offset()
+    session.run_ok({**text_nodes(prompt=long_prompt()), "show": show(["text", 0])})
+    log = session.log_since(offset)
+    warning = next((line for line in log.splitlines() if "T5 reads at most 512 tokens; dropped:" in line), None)
+    assert warning is not None, log[-3000:]
+    session.seen.append(("prompt over 512 tokens (succeeds)", "server log warning", warning[:300] + " …"))
+    dropped = warning.split("dropped:", 1)[1]
+    assert "tree number 70" in dropped and "scene 1:" not in dropped.lower()
+
+
+@pytest.mark.parametrize("prompt", ["", "   ", "Ein Fuchs läuft durch den Schnee — 雪の中を走る狐 🦊, «ночь»"],
+                         ids=["empty", "blank", "non-ASCII"])
+def test_unusual_prompts_run(session, prompt):
+    session.run_ok(t2v(prompt=prompt))
+    session.seen.append((f"{'non-ASCII' if prompt.strip() else repr(prompt)} prompt (succeeds)", "-", "runs"))
+
+
+ALPHA = {"rgba": load_image("alpha.png"),
+         "image": {"class_type": "JoinImageWithAlpha", "inputs": {"image": ["rgba", 0], "alpha": ["rgba", 1]}}}
+
+
+@pytest.mark.parametrize("image", [ALPHA, {"image": load_image("pixel.png")}], ids=["alpha channel", "one pixel"])
+def test_unusual_first_frames_run(session, image):
+    session.run_ok(ti2v(image=image))
+    session.seen.append((f"TI2V first frame with {'an alpha channel' if 'rgba' in image else 'one pixel'} (succeeds)",
+                         "-", "runs"))
+
+
+# ---------------------------------------------------------------------------------------------
+# Cancel
+
+def cancel_while(session: Session, graph: dict, node: str, node_type: str, reference: dict):
+    before = bad_inputs.listing(session.output)
+    session.events.drain()
+    prompt_id = session.submit(graph)
+    # Wait until the node has reported progress (it is really working), then press Cancel.
+    session.events.wait_for(lambda e: e.get("type") == "progress" and e["data"].get("prompt_id") == prompt_id
+                            and e["data"].get("node") == node and e["data"]["value"] >= 1, timeout=120)
+    assert session.server.is_running(prompt_id)
+    started = time.time()
+    session.server.interrupt()
+    entry = session.server.wait(prompt_id, timeout=60)
+    assert time.time() - started < 30
+    messages = dict(entry["status"]["messages"])
+    assert "execution_interrupted" in messages and "execution_error" not in messages, entry["status"]
+    assert messages["execution_interrupted"]["node_id"] == node
+    assert messages["execution_interrupted"]["node_type"] == node_type
+    assert not session.server.is_running(prompt_id)
+    assert bad_inputs.listing(session.output) == before, "an interrupted prompt left files in the output folder"
+    assert entry.get("outputs", {}) == {}
+    session.seen.append((f"Cancel during {node_type}", "execution_interrupted",
+                         f"interrupted in node {node} ({node_type}); no output files"))
+    # The next prompt runs, and gives exactly what an uninterrupted run gave.
+    again = saved_outputs(session, session.run_ok(reference_graph(tag="after_cancel")))
+    assert again["latent"].equal(reference["latent"])
+    assert np.array_equal(again["frames"], reference["frames"])
+
+
+def test_cancel_during_sampling(session, reference):
+    cancel_while(session, reference_graph(steps=1000, tag="cancel_sampling"), "sample", "AllegroSampler", reference)
+
+
+def test_cancel_during_vae_decode(session, reference):
+    # 16 frames of 128x128 in 4-frame, 64-px tiles: 4 x 3 x 3 tiles, a progress report after each.
+    tiles = {"tile_frames": 4, "tile_size": 64, "overlap_frames": 0, "overlap_height": 32, "overlap_width": 32}
+    # Only the frames are saved: a latent saved before the decode started would be a finished output.
+    graph = reference_graph(frames=16, size=128, tiles=tiles, tag="cancel_decode", save_latent=False)
+    cancel_while(session, graph, "decode", "AllegroVAEDecode", reference)
+
+
+# ---------------------------------------------------------------------------------------------
+
+def test_zz_a_good_prompt_after_everything_else(session, reference):
+    """Last in the module: the same server still makes exactly the reference video."""
+    outputs = saved_outputs(session, session.run_ok(reference_graph(tag="final")))
+    assert outputs["frames"].shape == (FRAMES, SIZE, SIZE, 3)
+    assert outputs["frames"].std() > 1                     # a picture, not a constant
+    assert outputs["latent"].equal(reference["latent"])
+    assert np.array_equal(outputs["frames"], reference["frames"])
+    assert not session.marker.exists()
