@@ -1,0 +1,46 @@
+"""What the Comfy Registry, pip and CI read from the repository: pyproject.toml, requirements.txt,
+the README's two commands and .ci/run."""
+import re
+import tomllib
+
+from allegro_harness.runtime import REPO_ROOT
+
+PYPROJECT = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+README = (REPO_ROOT / "README.md").read_text(encoding="utf-8")
+
+
+def requirement_names(path) -> list[str]:
+    lines = [line.split("#")[0].strip() for line in path.read_text(encoding="utf-8").splitlines()]
+    return [re.split(r"[<>=!~\[; ]", line)[0].lower() for line in lines if line]
+
+
+def test_the_registry_section_is_complete():
+    project, comfy = PYPROJECT["project"], PYPROJECT["tool"]["comfy"]
+    assert project["name"] == "comfyui-allegro" and re.fullmatch(r"\d+\.\d+\.\d+", project["version"])
+    assert project["description"] and project["license"] and project["urls"]["Repository"]
+    assert comfy["PublisherId"] and comfy["DisplayName"] == "ComfyUI-Allegro"
+    # The icon URL points at a file of this repository.
+    icon = comfy["Icon"]
+    assert icon.startswith("https://raw.githubusercontent.com/") and icon.endswith(".png")
+    assert (REPO_ROOT / icon.split("/main/", 1)[1]).is_file()
+
+
+def test_requirements_never_name_torch_and_match_the_project_dependencies():
+    names = requirement_names(REPO_ROOT / "requirements.txt")
+    assert not {"torch", "torchvision", "torchaudio"} & set(names)
+    assert sorted(names) == sorted(re.split(r"[<>=!~\[; ]", d)[0].lower() for d in PYPROJECT["project"]["dependencies"])
+
+
+def test_the_readme_opens_with_the_two_commands_and_ci_runs_the_test_one():
+    first_block = README.split("```")[1]
+    assert "make demo" in first_block and "make test" in first_block
+    assert README.index("make demo") < README.index("## What Allegro is")
+    ci = (REPO_ROOT / ".ci" / "run").read_text(encoding="utf-8")
+    assert [line for line in ci.splitlines() if line and not line.startswith(("#", "set ", "cd "))] == ["make test"]
+
+
+def test_every_picture_the_readme_shows_is_in_the_repository():
+    pictures = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", README)
+    assert len(pictures) >= 5
+    for picture in pictures:
+        assert (REPO_ROOT / picture).is_file(), picture
