@@ -27,7 +27,9 @@ def encode(clip, text: str, clean: bool, label: str):
                                      max_length=MAX_TOKENS, decode_fn=hf_tokenizer.decode)
     if tokens.truncated:
         logging.warning("Allegro %s prompt: T5 reads at most %d tokens; dropped: %s", label, MAX_TOKENS, tokens.dropped_text)
-    encoded = clip.encode_from_tokens({"t5xxl": [[(int(i), 1.0) for i in tokens.ids]]}, return_dict=True)
+    # The CLIP's own token layout (e.g. SD3's has clip_l/clip_g slots too), with our 512 T5 ids in it.
+    layout = clip.tokenize("")
+    encoded = clip.encode_from_tokens({**layout, "t5xxl": [[(int(i), 1.0) for i in tokens.ids]]}, return_dict=True)
     mask = encoded.get("attention_mask")
     if mask is None:
         raise ValueError("This CLIP runs T5 without an attention mask, which Allegro was trained with: load the T5 "
