@@ -86,7 +86,6 @@ def run_original(work: Path, original: Path, steps: int):
     from allegro.pipelines.data_process import CenterCropResizeVideo, ToTensorVideo
     from allegro.pipelines.pipeline_allegro_ti2v import AllegroTI2VPipeline
     from diffusers.schedulers import EulerAncestralDiscreteScheduler
-    from einops import rearrange
     from safetensors.torch import load_file
     from torchvision.transforms import Compose, Lambda
     from transformers import T5EncoderModel, T5Tokenizer
@@ -105,7 +104,7 @@ def run_original(work: Path, original: Path, steps: int):
     images = {k: to_model(torch.from_numpy(v.copy()).permute(2, 0, 1).unsqueeze(0)) for k, v in test_images().items()}
     common = dict(num_frames=FRAMES, height=SIZE, width=SIZE, num_inference_steps=steps, guidance_scale=CFG,
                   max_sequence_length=512, output_type="latents", verbose=False)
-    print(f"| case | text emb | masked-video latent | frame mask | sampled latent (own inputs) | same inputs | latent max |")
+    print("| case | text emb | masked-video latent | frame mask | sampled latent (own inputs) | same inputs | latent max |")
     print("|---|---|---|---|---|---|---|")
     for with_last in (False, True):
         mine = ours[with_last]
