@@ -20,6 +20,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
 
 REPO = Path(__file__).resolve().parents[1]
 SIZE, FRAMES, SEED, CFG = 240, 24, 1427329220, 8.0
@@ -72,7 +74,20 @@ def run_ours(work: Path, steps: int):
                           "pos": positive[0][0], "pos_mask": positive[0][1]["attention_mask"],
                           "neg": negative[0][0], "neg_mask": negative[0][1]["attention_mask"],
                           "masked": positive[0][1]["allegro_masked_video"], "mask": positive[0][1]["allegro_frame_mask"]}
-    torch.save(out, work / "ours.pt")
+    # Handed to the other process as safetensors (tensors) with the strings as metadata: no pickles.
+    tensors = {f"{'last' if with_last else 'first'}.{name}": value.contiguous()
+               for with_last in (False, True) for name, value in out.pop(with_last).items()}
+    save_file(tensors, work / "ours.safetensors", metadata=out)
+
+
+def load_ours(work: Path) -> dict:
+    """What run_ours saved: the strings, and per case (False: first frame, True: first+last) its tensors."""
+    with safe_open(work / "ours.safetensors", "pt") as f:
+        ours = dict(f.metadata())
+        for with_last in (False, True):
+            prefix = "last." if with_last else "first."
+            ours[with_last] = {key[len(prefix):]: f.get_tensor(key) for key in f.keys() if key.startswith(prefix)}
+    return ours
 
 
 def run_original(work: Path, original: Path, steps: int):
@@ -90,7 +105,7 @@ def run_original(work: Path, original: Path, steps: int):
     from torchvision.transforms import Compose, Lambda
     from transformers import T5EncoderModel, T5Tokenizer
 
-    ours = torch.load(work / "ours.pt", weights_only=False)
+    ours = load_ours(work)
     folder = Path(ours["folder"])
     vae_config = AllegroAutoencoderKL3D.load_config(folder / "vae")
     vae = AllegroAutoencoderKL3D.from_config(vae_config)

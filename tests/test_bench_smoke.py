@@ -1,0 +1,72 @@
+"""Smoke runs of the CPU benchmarks (bench/): each runs at its tiny --quick settings, as `run_all.py
+--quick` does, and must print its markdown table, the command, and correct exactness figures.
+No timing is asserted: the machine is shared and tiny sizes time nothing meaningful."""
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+BENCH = Path(__file__).resolve().parents[1] / "bench"
+sys.path.insert(0, str(BENCH))
+from run_all import BENCHES  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def out_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("bench-out")
+
+
+def run_quick(name: str, out_dir: Path) -> str:
+    script, _full, quick = BENCHES[name]
+    done = subprocess.run([sys.executable, str(BENCH / script), *quick, "--out-dir", str(out_dir)],
+                          capture_output=True, text=True, timeout=300, cwd=BENCH.parent)
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = done.stdout
+    assert re.search(r"^\|---\|", out, re.M), out               # a markdown table
+    assert f"Command: `.venv/bin/python bench/{script}" in out or f"bench/{script}" in out
+    return out
+
+
+def table_rows(out: str) -> list[list[str]]:
+    return [[cell.strip() for cell in line.strip("|").split("|")] for line in out.splitlines()
+            if line.startswith("| ") and not line.startswith("|---")][1:]
+
+
+def test_sampler_bench(out_dir):
+    out = run_quick("sampler", out_dir)
+    rows = table_rows(out)
+    assert len(rows) == 3 and rows[-1][0].startswith("diffusers")
+    # Both samplers did the same work: the final latents agree (relative difference).
+    relative = float(re.search(r"relative ([0-9.e+-]+)\)", out).group(1))
+    assert relative <= 1e-4
+
+
+def test_step_cache_bench(out_dir):
+    out = run_quick("step_cache", out_dir)
+    rows = {row[0]: row for row in table_rows(out)}
+    assert rows["no cache"][4] == "inf" and rows["no cache"][5] == "inf"    # PSNR of the run against itself
+    assert len(rows) == 5                                          # off, 3 thresholds, another seed
+
+
+def test_vae_decode_bench_has_no_holes(out_dir):
+    out = run_quick("vae_decode", out_dir)
+    rows = {row[0]: row for row in table_rows(out)}
+    assert rows["ours"][-1] == "0.00%"
+    # 320 px wide with 240-px tiles: diffusers' grid stops at 240 px, leaving a quarter of every frame black.
+    assert float(rows["diffusers"][-1].rstrip("%")) == pytest.approx(25.0, abs=0.01)
+
+
+def test_ti2v_encode_bench_shortcut_is_exact(out_dir):
+    out = run_quick("ti2v_encode", out_dir)
+    differences = [float(v) for v in re.findall(r"frame: ([0-9.e+-]+) \(latent max", out)]
+    assert len(differences) == 1 and differences[0] <= 1e-5
+
+
+def test_memory_bench_unloads_t5(out_dir):
+    out = run_quick("memory", out_dir)
+    assert "memory short before the sampler unloaded: T5TextEncoder" in out
+    assert len(re.findall(r"^\|---", out, re.M)) == 2              # one stage table per mode
