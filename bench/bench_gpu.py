@@ -6,6 +6,7 @@ VRAM; SDPA backend choice, optional torch.compile, and block swap (only some blo
     .venv/bin/python bench/bench_gpu.py --resident 32 16 8    # block-swap trade-off
     .venv/bin/python bench/bench_gpu.py --compile --backend flash cudnn
     .venv/bin/python bench/bench_gpu.py --vae                 # + tiled VAE decode of the full latent
+    .venv/bin/python bench/bench_gpu.py --step-cache 0.05 0.1 0.2 --cache-steps 30   # step cache: speed-up, PSNR
 
 Prints a markdown table (with the device name) ready for bench/RESULTS.md.
 """
@@ -20,6 +21,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from allegro.block_swap import BlockSwap                      # noqa: E402
+from allegro.schedule import linspace_schedule, training_sigmas   # noqa: E402
+from allegro.step_cache import StepCache                      # noqa: E402
 from allegro.transformer import AllegroTransformer3D, TransformerConfig   # noqa: E402
 
 LATENT = (22, 90, 160)          # 88 frames, 720 x 1280
@@ -43,8 +46,10 @@ def sdpa_context(backend: str):
                         "efficient": SDPBackend.EFFICIENT_ATTENTION, "math": SDPBackend.MATH}[backend])
 
 
-def random_model(device, dtype, layers: int) -> AllegroTransformer3D:
-    model = AllegroTransformer3D(TransformerConfig(num_layers=layers), device="cpu", dtype=dtype).eval()
+def random_model(dtype, layers: int = 32, config: TransformerConfig | None = None) -> AllegroTransformer3D:
+    """The released architecture (or `config`) with N(0, 0.02) weights, on the CPU."""
+    config = config or TransformerConfig(num_layers=layers)
+    model = AllegroTransformer3D(config, device="cpu", dtype=dtype).eval()
     generator = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for tensor in model.parameters():
@@ -80,7 +85,7 @@ def bench_dit(args, device):
     flops = flops_per_step(config, tokens)
     for resident in args.resident:
         for backend in args.backend:
-            model = random_model(device, dtype, args.layers)
+            model = random_model(dtype, args.layers)
             swap = None
             if resident >= args.layers:
                 model.to(device)
@@ -102,6 +107,57 @@ def bench_dit(args, device):
             del model, runner
             torch.cuda.empty_cache()
     return rows, flops
+
+
+def euler_sample(model, noise, context, mask, steps: int, cfg: float = 7.5, step_cache=None):
+    """Deterministic Euler over the reference's linspace schedule with CFG (context and mask hold
+    the conditional then the unconditional caption): the step cache's effect without sampler noise.
+    noise [1, 4, T, H, W] → final latent [1, 4, T, H, W] (float32)."""
+    table = training_sigmas()
+    timesteps, sigmas = linspace_schedule(steps, table)
+    x = noise.float() * (sigmas[0] ** 2 + 1) ** 0.5
+    for i in range(steps):
+        sigma = sigmas[i].item()
+        scaled = (x / (sigma ** 2 + 1) ** 0.5).to(noise.dtype).expand(2, -1, -1, -1, -1)
+        t = timesteps[i].to(noise.device).expand(2)
+        eps = model(scaled, t, context, mask, step_cache=step_cache, cache_key="cfg",
+                    progress=i / max(steps - 1, 1)).float()
+        eps = eps[1:] + cfg * (eps[:1] - eps[1:])
+        x = x + eps * (sigmas[i + 1].item() - sigma)
+    return x
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
+    """dB, with the peak taken as the reference's range."""
+    mse = (a.float() - b.float()).pow(2).mean().item()
+    peak = (b.max() - b.min()).item()
+    return float("inf") if mse == 0 else 10 * torch.log10(torch.tensor(peak ** 2 / mse)).item()
+
+
+def bench_step_cache(args, device):
+    """Uncached, then each threshold: sampling time and PSNR of the final latent against uncached."""
+    dtype = torch.bfloat16
+    model = random_model(dtype, args.layers).to(device)
+    generator = torch.Generator().manual_seed(0)
+    noise = torch.randn(1, 4, *LATENT, generator=generator).to(device, dtype)
+    context = torch.randn(2, TEXT_TOKENS, 4096, generator=generator).to(device, dtype)
+    mask = torch.zeros(2, TEXT_TOKENS, device=device)
+    mask[:, :120] = 1
+    rows, uncached = [], None
+    with torch.no_grad():
+        for threshold in [None] + args.step_cache:
+            cache = None if threshold is None else StepCache(threshold)
+            torch.cuda.synchronize()
+            start = time.perf_counter()
+            latent = euler_sample(model, noise, context, mask, args.cache_steps, step_cache=cache)
+            torch.cuda.synchronize()
+            seconds = time.perf_counter() - start
+            if uncached is None:
+                uncached, base = latent, seconds
+            runs = args.cache_steps if cache is None else cache.computed
+            rows.append(("no cache" if cache is None else f"threshold {threshold}", f"{runs}/{args.cache_steps}",
+                         seconds, base / seconds, psnr(latent, uncached)))
+    return rows
 
 
 def bench_vae(args, device):
@@ -128,6 +184,9 @@ def main():
     parser.add_argument("--backend", nargs="+", default=["auto"], choices=["auto", "flash", "cudnn", "efficient", "math"])
     parser.add_argument("--compile", action="store_true")
     parser.add_argument("--vae", action="store_true")
+    parser.add_argument("--step-cache", type=float, nargs="*", default=[],
+                        help="step-cache thresholds to compare with the uncached run (e.g. 0.05 0.1 0.2)")
+    parser.add_argument("--cache-steps", type=int, default=30, help="sampling steps of the step-cache comparison")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         print("bench_gpu.py needs a CUDA GPU (none found); see bench/RESULTS.md for measured figures.")
@@ -143,6 +202,12 @@ def main():
     print("|---|---|---|---|---|---|---|")
     for what, backend, compiled, seconds, minutes, tflops, vram in rows:
         print(f"| {what} | {backend} | {compiled} | {seconds:.2f} | {minutes:.1f} | {tflops:.0f} | {vram:.1f} |")
+    if args.step_cache:
+        print(f"\nStep cache, {args.cache_steps} Euler steps, CFG 7.5, bf16, random weights (start 0.1, end 0.9):\n")
+        print("| setting | model calls running the blocks | sampling s | speed-up | PSNR latent dB |")
+        print("|---|---|---|---|---|")
+        for setting, runs, seconds, speedup, db in bench_step_cache(args, device):
+            print(f"| {setting} | {runs} | {seconds:.1f} | {speedup:.2f}x | {db:.1f} |")
     return 0
 
 

@@ -45,6 +45,7 @@ per step, minutes per 100 steps, TFLOP/s and peak VRAM, and prints a table for t
     .venv/bin/python bench/bench_gpu.py --resident 32 16 8    # block swap: VRAM vs speed
     .venv/bin/python bench/bench_gpu.py --backend flash cudnn --compile
     .venv/bin/python bench/bench_gpu.py --vae                 # + tiled VAE decode of the full latent
+    .venv/bin/python bench/bench_gpu.py --step-cache 0.05 0.1 0.2   # step cache: speed-up and PSNR, real architecture
 """
 
 

@@ -70,3 +70,29 @@ def test_memory_bench_unloads_t5(out_dir):
     out = run_quick("memory", out_dir)
     assert "memory short before the sampler unloaded: T5TextEncoder" in out
     assert len(re.findall(r"^\|---", out, re.M)) == 2              # one stage table per mode
+
+
+def test_gpu_bench_step_cache_loop_on_cpu():
+    """bench_gpu.py's step-cache comparison, on a tiny model on CPU: threshold 0 never skips and
+    reproduces the uncached run exactly; a large threshold skips calls and stays close."""
+    import torch
+    from bench_gpu import euler_sample, psnr, random_model
+    from allegro.step_cache import StepCache
+    from allegro.transformer import TransformerConfig
+    from tiny_models import TRANSFORMER_KWARGS
+
+    torch.manual_seed(0)
+    model = random_model(torch.float32, config=TransformerConfig.from_dict(TRANSFORMER_KWARGS))
+    noise = torch.randn(1, 4, 3, 8, 8)
+    context = torch.randn(2, 7, TRANSFORMER_KWARGS["caption_channels"])
+    mask = torch.ones(2, 7)
+    with torch.no_grad():
+        uncached = euler_sample(model, noise, context, mask, steps=12)
+        never_skips = StepCache(0.0)
+        assert torch.equal(euler_sample(model, noise, context, mask, steps=12, step_cache=never_skips), uncached)
+        assert never_skips.computed == 12 and never_skips.skipped == 0
+        skipping = StepCache(0.5)
+        cached = euler_sample(model, noise, context, mask, steps=12, step_cache=skipping)
+    assert skipping.skipped > 0 and skipping.computed + skipping.skipped == 12
+    assert psnr(uncached, uncached) == float("inf")
+    assert 10 < psnr(cached, uncached) < float("inf")
