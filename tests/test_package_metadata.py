@@ -1,6 +1,8 @@
 """What the Comfy Registry, pip and CI read from the repository: pyproject.toml, requirements.txt,
 the README's two commands and .ci/run."""
 import re
+import subprocess
+import sys
 import tomllib
 
 from allegro_harness.runtime import REPO_ROOT
@@ -44,3 +46,19 @@ def test_every_picture_the_readme_shows_is_in_the_repository():
     assert len(pictures) >= 5
     for picture in pictures:
         assert (REPO_ROOT / picture).is_file(), picture
+
+
+def test_the_model_library_imports_without_comfyui():
+    """allegro/ is pure PyTorch: every module imports in a fresh Python where `comfy` cannot be imported."""
+    script = (
+        "import sys, pkgutil, importlib\n"
+        "for name in ('comfy', 'folder_paths', 'comfy_extras', 'nodes'):\n"
+        "    sys.modules[name] = None          # any import of ComfyUI now raises ImportError\n"
+        "import allegro\n"
+        "names = [m.name for m in pkgutil.iter_modules(allegro.__path__, 'allegro.')]\n"
+        "for name in names:\n"
+        "    importlib.import_module(name)\n"
+        "print(len(names))\n")
+    done = subprocess.run([sys.executable, "-c", script], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert int(done.stdout.strip()) >= 10
