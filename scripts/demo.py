@@ -17,6 +17,7 @@ sys.path[:0] = [str(REPO / "tests"), str(REPO)]
 
 from allegro_harness.runtime import comfyui_dir   # noqa: E402
 from allegro_harness.server import ComfyServer     # noqa: E402
+from allegro_harness.workflow_check import saved_files   # noqa: E402
 from scripts.workflow_api import workflow_to_prompt   # noqa: E402
 
 WORKFLOW = REPO / "workflows" / "allegro_t2v.json"
@@ -58,16 +59,6 @@ def use_tiny_models(prompt: dict, models: Path) -> dict:
     return prompt
 
 
-def saved_videos(entry: dict, output_dir: Path) -> list[Path]:
-    paths = []
-    for outputs in entry["outputs"].values():
-        for item in outputs.get("images", []) + outputs.get("videos", []) + outputs.get("gifs", []):
-            path = output_dir / item.get("subfolder", "") / item["filename"]
-            if path.suffix in (".mp4", ".webm", ".mov", ".gif"):
-                paths.append(path)
-    return paths
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workflow", type=Path, default=WORKFLOW)
@@ -103,7 +94,8 @@ def main():
             error = messages.get("execution_error", {})
             print("The workflow failed:", error.get("exception_message", entry["status"]), file=sys.stderr)
             return 1
-        videos = saved_videos(entry, server.base_dir / "output")
+        videos = [path for path in saved_files(entry, server.base_dir / "output")
+                  if path.suffix in (".mp4", ".webm", ".mov", ".gif")]
         print(f"Done in {time.time() - started:.0f} s{' (tiny random weights: noise)' if tiny else ''}.")
         for path in videos:
             print(path)
