@@ -5,31 +5,19 @@ they are refused before a byte of them is parsed; the hub's duplicate .bin shard
 A file's header is checked before loading, so a truncated download, a Git LFS pointer or an HTML
 error page gives a message that says so instead of a low-level exception.
 
-What the weights ARE (Allegro DiT, its VAE, T5, or another model family) and the configs that can
-be read from their shapes live in `checkpoint_kinds`; the names are re-exported here.
+`read_checkpoint` is the one entry: a file or a folder in, the tensors and the config that came
+with them out. What the weights are is `checkpoint_kinds`' job; what config they get, `config`'s.
 """
 import json
 import re
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-# Re-exported, so callers import every checkpoint helper from this one module.
-from .checkpoint_kinds import (
-    ALLEGRO_T2V, ALLEGRO_TI2V, ALLEGRO_VAE, KIND_DESCRIPTIONS, T5_ENCODER, UNKNOWN, CheckpointError,
-    Identification, identify, identify_checkpoint, infer_transformer_config, infer_vae_config,
-    normalise_transformer_config, strip_prefix,
-)
-
-__all__ = [
-    "ALLEGRO_T2V", "ALLEGRO_TI2V", "ALLEGRO_VAE", "KIND_DESCRIPTIONS", "T5_ENCODER", "UNKNOWN", "CheckpointError",
-    "Identification", "identify", "identify_checkpoint", "infer_transformer_config", "infer_vae_config",
-    "normalise_transformer_config", "strip_prefix",
-    "TensorInfo", "read_safetensors_header", "read_safetensors", "read_json", "read_diffusers_component",
-    "find_component", "COMPONENT_CLASSES", "PICKLE_SUFFIXES",
-]
+from .checkpoint_kinds import CheckpointError
+from .config import COMPONENT_CLASSES
 
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin", ".pkl", ".pickle")
 SAFETENSORS_HINT = (
@@ -273,14 +261,6 @@ def read_diffusers_component(folder, device="cpu") -> tuple[dict, dict[str, torc
     return config, state_dict, metadata
 
 
-# Class names each pipeline component may have (diffusers' and the original repo's).
-COMPONENT_CLASSES = {
-    "transformer": {"AllegroTransformer3DModel", "AllegroTransformerTI2V3DModel"},
-    "vae": {"AutoencoderKLAllegro", "AllegroAutoencoderKL3D"},
-    "text_encoder": {"T5EncoderModel"},
-    "tokenizer": {"T5Tokenizer", "T5TokenizerFast"},
-    "scheduler": {"EulerAncestralDiscreteScheduler"},
-}
 TOKENIZER_FILES = ("tokenizer.json", "spiece.model", "tokenizer_config.json")
 
 
@@ -338,3 +318,60 @@ def find_component(root, name: str) -> Path:
         f"{root} is neither a diffusers pipeline folder (no model_index.json) nor a {name} folder. "
         f"Found: {_listing(root)}. Pick the folder that holds model_index.json, or its {name}/ folder."
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# One entry for loaders: a file or a folder → tensors + the config that came with them
+
+@dataclass
+class Checkpoint:
+    """Weights as read from disk, before anything decides what they are."""
+    weights: dict[str, torch.Tensor]
+    declared: dict | None          # config.json, or the 'config' JSON a single file carries in its metadata
+    source: Path                   # the component folder or the file (named in errors)
+    metadata: dict[str, str] = field(default_factory=dict)
+    # Configs of the other components of the same download, when it has them: a pipeline folder's
+    # vae/config.json, or the "vae" section of a single file's 'config' metadata.
+    companions: dict[str, dict] = field(default_factory=dict)
+
+
+def metadata_config(metadata: dict, section: str, source) -> tuple[dict | None, dict[str, dict]]:
+    """(this component's config, other sections) from a file's 'config' metadata JSON, which is
+    either one flat config or {component: config, ...}."""
+    text = metadata.get("config")
+    if text is None:
+        return None, {}
+    try:
+        config = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise CheckpointError(f"{source}: the 'config' metadata is not valid JSON ({error}).") from None
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{source}: the 'config' metadata should be a JSON object.")
+    sections = {k: v for k, v in config.items() if k in COMPONENT_CLASSES and isinstance(v, dict)}
+    if not sections:
+        return config, {}
+    return sections.pop(section, None), sections
+
+
+def _pipeline_companions(folder: Path, component: str) -> dict[str, dict]:
+    pipeline = folder.parent
+    if not (pipeline / "model_index.json").is_file():
+        return {}
+    found = {}
+    for other in ("vae",):
+        config_path = pipeline / other / "config.json"
+        if other != component and config_path.is_file():
+            found[other] = read_json(config_path, "config.json")
+    return found
+
+
+def read_checkpoint(path, component: str, device="cpu") -> Checkpoint:
+    """A hub folder (the pipeline folder or the component's own) or a single .safetensors file."""
+    path = Path(path)
+    if path.is_dir():
+        folder = find_component(path, component)
+        config, weights, metadata = read_diffusers_component(folder, device)
+        return Checkpoint(weights, config, folder, metadata, _pipeline_companions(folder, component))
+    weights, metadata = read_safetensors(path, device)
+    declared, companions = metadata_config(metadata, component, path.name)
+    return Checkpoint(weights, declared, path, metadata, companions)

@@ -1,23 +1,30 @@
 """Which video sizes Allegro can make, and what they cost, checked before anything is allocated.
 
-The VAE compresses 8x in space and 4x in time and the DiT patches 2x2, so width and height must
-be multiples of 16. The reference pipelines turn n frames into n/4 latent frames (even n) or
-(n-1)/4 + 1 (odd n) and crop the 4 decoded frames per latent frame back to n; that rule is exact
-for n = 4k and n = 4k + 1, the frame counts accepted here.
+The VAE compresses SPATIAL_FACTOR (8) x in space and the DiT patches PATCH_SIZE (2), so width and
+height must be multiples of 16.
+
+The frame rule, used everywhere a frame count meets a latent: a video of n frames is
+ceil(n / 4) latent frames, and a latent of t frames decodes to 4t frames, of which the first n are
+the video. That is the reference pipelines' rule for the lengths they accept (n = 4k and n = 4k + 1:
+their "(n - 1) / 4 + 1 for odd n" is the same number), their crop of the decoded frames back to n,
+and what encoding n frames does here (the last frame is repeated up to a whole latent frame).
+New videos are made at n = 4k or 4k + 1, as the reference accepts; Allegro was trained at 88 and 40.
 """
 from dataclasses import dataclass
 
-SPATIAL_FACTOR = 8      # VAE, per side
-TEMPORAL_FACTOR = 4     # VAE
-PATCH = 2               # DiT, per side
-SIZE_MULTIPLE = SPATIAL_FACTOR * PATCH
+from .config import PATCH_SIZE, SPATIAL_FACTOR, TEMPORAL_FACTOR
+
+SIZE_MULTIPLE = SPATIAL_FACTOR * PATCH_SIZE
 
 
 def latent_frames(num_frames: int) -> int:
-    """Latent frames for a video of `num_frames` frames (the reference pipelines' rule)."""
-    if num_frames % 2:
-        return (num_frames - 1) // TEMPORAL_FACTOR + 1
+    """Latent frames that hold a video of `num_frames` frames."""
     return -(-num_frames // TEMPORAL_FACTOR)
+
+
+def decoded_frames(num_latent_frames: int) -> int:
+    """Frames a latent of `num_latent_frames` frames decodes to (a video's length rounded up)."""
+    return num_latent_frames * TEMPORAL_FACTOR
 
 
 @dataclass(frozen=True)
@@ -34,7 +41,7 @@ class VideoSize:
     @property
     def tokens(self) -> int:
         t, h, w = self.latent_shape
-        return t * (h // PATCH) * (w // PATCH)
+        return t * (h // PATCH_SIZE) * (w // PATCH_SIZE)
 
     def decoded_bytes(self, batch: int = 1) -> int:
         """Size of the decoded frames as a float32 ComfyUI IMAGE."""
@@ -53,12 +60,13 @@ def check_video_size(width: int, height: int, frames: int) -> VideoSize:
         if value < SIZE_MULTIPLE:
             raise ValueError(f"{name} must be at least {SIZE_MULTIPLE} pixels, got {value}.")
         if value % SIZE_MULTIPLE:
-            raise ValueError(f"{name} must be a multiple of {SIZE_MULTIPLE} (VAE 8x times DiT patch 2); "
-                             f"got {value}, use {nearest_multiples(value, SIZE_MULTIPLE)}.")
+            raise ValueError(f"{name} must be a multiple of {SIZE_MULTIPLE} (VAE {SPATIAL_FACTOR}x times DiT patch "
+                             f"{PATCH_SIZE}); got {value}, use {nearest_multiples(value, SIZE_MULTIPLE)}.")
     if frames < 1:
         raise ValueError(f"length must be at least 1 frame, got {frames}.")
     if frames % TEMPORAL_FACTOR not in (0, 1):
         low = frames - frames % TEMPORAL_FACTOR
-        raise ValueError(f"length must be a multiple of 4 or one more (the VAE makes 4 frames per latent "
-                         f"frame); got {frames}, use {low}, {low + 1} or {low + 4}. Allegro was trained on 88 and 40.")
+        raise ValueError(f"length must be a multiple of {TEMPORAL_FACTOR} or one more (the VAE makes "
+                         f"{TEMPORAL_FACTOR} frames per latent frame); got {frames}, use {low}, {low + 1} or "
+                         f"{low + TEMPORAL_FACTOR}. Allegro was trained on 88 and 40.")
     return VideoSize(width, height, frames)

@@ -13,6 +13,8 @@ the decode node crops the extra frames), which is the original's rule whenever i
 import torch
 import torch.nn.functional as F
 
+from .config import TEMPORAL_FACTOR
+
 
 def center_crop_box(height: int, width: int, target_height: int, target_width: int) -> tuple[int, int, int, int]:
     """(top, left, crop height, crop width) of the largest centred crop with the target aspect."""
@@ -41,12 +43,14 @@ def prepare_image(image: torch.Tensor, height: int, width: int) -> torch.Tensor:
 
 def frame_mask(given_frames: list[int], latent_size: tuple[int, int, int], dtype=torch.float32,
                device=None) -> torch.Tensor:
-    """The folded frame mask [1, 4, T', h, w]: 0 where the video frame c*T' + t is given, else 1."""
+    """The folded frame mask [1, 4, T', h, w]: 0 where the video frame c*T' + t is given, else 1.
+    (4 channels because a latent frame holds TEMPORAL_FACTOR video frames.)"""
     latent_frames, rows, cols = latent_size
-    per_frame = torch.ones(4 * latent_frames, dtype=dtype, device=device)
+    per_frame = torch.ones(TEMPORAL_FACTOR * latent_frames, dtype=dtype, device=device)
     per_frame[given_frames] = 0
     # Resizing a per-frame constant to the latent grid keeps it constant, so broadcast instead.
-    return per_frame.view(1, 4, latent_frames, 1, 1).expand(1, 4, latent_frames, rows, cols).contiguous()
+    folded = per_frame.view(1, TEMPORAL_FACTOR, latent_frames, 1, 1)
+    return folded.expand(1, TEMPORAL_FACTOR, latent_frames, rows, cols).contiguous()
 
 
 def conditioning_indices(num_frames: int, has_last: bool) -> list[int]:

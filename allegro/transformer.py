@@ -11,52 +11,13 @@ Every Linear/Conv/LayerNorm is built through `operations` (torch.nn by default) 
 as ComfyUI can pass its own layer classes (weight casting, low-VRAM offload, fp8 storage).
 """
 import math
-from dataclasses import dataclass, fields
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .config import TransformerConfig
 from .rope import RotaryEmbedding3D
-
-
-@dataclass
-class TransformerConfig:
-    num_layers: int = 32
-    num_attention_heads: int = 24
-    attention_head_dim: int = 96
-    in_channels: int = 4                  # latent channels (TI2V feeds 3x this)
-    out_channels: int = 4
-    patch_size: int = 2
-    patch_size_t: int = 1
-    caption_channels: int = 4096          # T5-XXL width
-    cross_attention_dim: int = 2304       # width of the projected captions (= inner width)
-    attention_bias: bool = True
-    norm_eps: float = 1e-6
-    interpolation_scale_t: float = 2.2
-    interpolation_scale_h: float = 2.0
-    interpolation_scale_w: float = 2.0
-    ti2v: bool = False
-    # RoPE tables shared between axes of equal length, as the original repo computes them (see
-    # rope.RotaryEmbedding3D); on for TI2V, whose only reference is that code.
-    rope_shares_equal_lengths: bool = False
-
-    @property
-    def inner_dim(self) -> int:
-        return self.num_attention_heads * self.attention_head_dim
-
-    @classmethod
-    def from_dict(cls, config: dict) -> "TransformerConfig":
-        """From a diffusers-style config dict; unknown keys (sample sizes, dropout…) are ignored."""
-        known = {f.name for f in fields(cls)}
-        values = {k: v for k, v in config.items() if k in known and v is not None}
-        return cls(**values)
-
-    def validate(self):
-        if self.patch_size_t != 1:
-            raise ValueError(f"Allegro uses temporal patch 1; config has patch_size_t={self.patch_size_t}")
-        if self.attention_head_dim % 6:
-            raise ValueError(f"attention_head_dim must be divisible by 6 (3-D RoPE), got {self.attention_head_dim}")
 
 
 def timestep_frequencies(timestep: torch.Tensor, dim: int = 256, max_period: float = 10000.0) -> torch.Tensor:
@@ -240,10 +201,6 @@ class AllegroTransformer3D(nn.Module):
         for block in self.transformer_blocks:
             block.ff.chunk_tokens = tokens
 
-    @property
-    def expected_in_channels(self) -> int:
-        return self.config.in_channels * (3 if self.config.ti2v else 1)
-
     def rope(self, grid, device) -> RotaryEmbedding3D:
         key = (grid, str(device))
         if key not in self._rope_cache:
@@ -300,9 +257,9 @@ class AllegroTransformer3D(nn.Module):
         """
         batch, channels, frames, height, width = x.shape
         p = self.config.patch_size
-        if channels != self.expected_in_channels:
+        if channels != self.config.input_channels:
             kind = "TI2V" if self.config.ti2v else "T2V"
-            raise ValueError(f"this Allegro {kind} model takes {self.expected_in_channels} input channels, got {channels}")
+            raise ValueError(f"this Allegro {kind} model takes {self.config.input_channels} input channels, got {channels}")
         if height % p or width % p:
             raise ValueError(f"latent height and width must be multiples of {p}, got {height}x{width}")
         grid = (frames, height // p, width // p)

@@ -1,59 +1,16 @@
-"""The Allegro 3-D VAE (175M parameters): 8x spatial and 4x temporal compression, 4 latent channels,
-latents scaled by 0.13 for the DiT. Tensor names equal diffusers' AutoencoderKLAllegro (and the
-original repo's), so the hub's vae/ weights load as they are.
+"""The Allegro 3-D VAE (175M parameters): 8x spatial and 4x temporal compression, 4 latent channels;
+its config, latent scale included, is `config.VAEConfig`. Tensor names equal diffusers'
+AutoencoderKLAllegro (and the original repo's), so the hub's vae/ weights load as they are.
 
 This module runs the network on one input (a tile); `vae_tiling` splits a video into the
 reference's tiles and blends them.
 """
-from dataclasses import dataclass, field, fields
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .config import VAEConfig
 from .vae_blocks import MidBlock, ResampleBlock, frames_to_video, temporal_pointwise_conv, video_to_frames
-
-
-@dataclass
-class VAEConfig:
-    in_channels: int = 3
-    out_channels: int = 3
-    latent_channels: int = 4
-    block_out_channels: tuple = (128, 256, 512, 512)
-    layers_per_block: int = 2
-    norm_num_groups: int = 32
-    temporal_downsample_blocks: tuple = (True, True, False, False)
-    temporal_upsample_blocks: tuple = (False, True, True, False)
-    scaling_factor: float = 0.13
-    # The reference tile: 24 frames x 320 x 320 pixels overlapping by 8 frames, 120 rows, 80 columns.
-    sample_size: int = 320
-    tile_frames: int = 24
-    tile_overlap: tuple = field(default=(8, 120, 80))
-
-    # Key spellings of the original repo's config (today's hub config uses the diffusers ones; the
-    # original class, reading it, misses `scaling_factor` and falls back to 0.13235 — not copied).
-    ORIGINAL_KEYS = {"scale_factor": "scaling_factor", "blocks_tempdown_li": "temporal_downsample_blocks",
-                     "blocks_tempup_li": "temporal_upsample_blocks", "chunk_len": "tile_frames"}
-
-    @classmethod
-    def from_dict(cls, config: dict) -> "VAEConfig":
-        config = {cls.ORIGINAL_KEYS.get(k, k): v for k, v in config.items()}
-        if "t_over" in config or "tile_overlap" in config:
-            spatial = config.get("tile_overlap", (120, 80))
-            config["tile_overlap"] = (config.get("t_over", 8), *spatial[-2:])
-        if isinstance(config.get("sample_size"), (list, tuple)):
-            config["sample_size"] = config["sample_size"][0]
-        known = {f.name for f in fields(cls)}
-        values = {k: (tuple(v) if isinstance(v, list) else v) for k, v in config.items() if k in known and v is not None}
-        return cls(**values)
-
-    @property
-    def spatial_factor(self) -> int:
-        return 2 ** (len(self.block_out_channels) - 1)
-
-    @property
-    def temporal_factor(self) -> int:
-        return 2 ** sum(self.temporal_downsample_blocks)
 
 
 def temporal_residual(conv, x: torch.Tensor, reference_ops: bool) -> torch.Tensor:

@@ -1,7 +1,8 @@
 """Tiled VAE decode and encode: the reference tile grid, without its holes, in bounded memory.
 
-The reference (diffusers and the original repo) decodes 24-frame x 320 x 320 pixel tiles placed
-every 16 frames / 200 rows / 240 columns and blends overlaps with linear ramps, but places no tile
+The reference (diffusers and the original repo) decodes tiles of the VAE config's size (24 frames x
+320 x 320 pixels for the release, overlapping by 8 / 120 / 80, so placed every 16 frames / 200 rows /
+240 columns) and blends overlaps with linear ramps, but places no tile
 past the last whole stride, so the rest of the frame stays black unless (N-24)%16, (H-320)%200 and
 (W-320)%240 are all 0. Here the same grid is used and, where it stops short, one more tile is
 placed flush with the border (its ramps span its real overlap); an axis shorter than a tile gets
@@ -16,25 +17,30 @@ from typing import Callable
 
 import torch
 
-from .vae import AllegroVAE, VAEConfig
+from .config import VAEConfig
+from .vae import AllegroVAE
 
 
 @dataclass(frozen=True)
 class TileSettings:
-    """Tile size and overlap in pixels / frames (the reference's: 24 x 320 x 320, overlaps 8, 120, 80)."""
-    frames: int = 24
-    height: int = 320
-    width: int = 320
-    overlap_frames: int = 8
-    overlap_height: int = 120
-    overlap_width: int = 80
+    """Tile size and overlap in pixels / frames. `from_config` gives a VAE's own (the reference
+    tiling for the released config); nodes may pass others."""
+    frames: int
+    height: int
+    width: int
+    overlap_frames: int
+    overlap_height: int
+    overlap_width: int
 
     @classmethod
     def from_config(cls, config: VAEConfig) -> "TileSettings":
         t, h, w = config.tile_overlap
         return cls(config.tile_frames, config.sample_size, config.sample_size, t, h, w)
 
-    def validate(self, temporal: int = 4, spatial: int = 8) -> "TileSettings":
+    def validate(self, config: VAEConfig) -> "TileSettings":
+        """Raise ValueError naming the setting and its allowed values (whole latent units, overlap
+        smaller than the tile); return self."""
+        temporal, spatial = config.temporal_factor, config.spatial_factor
         for name, size, overlap, factor in (("frames", self.frames, self.overlap_frames, temporal),
                                             ("height", self.height, self.overlap_height, spatial),
                                             ("width", self.width, self.overlap_width, spatial)):
@@ -46,8 +52,9 @@ class TileSettings:
                                  f"{size - factor} (less than the tile), got {overlap}")
         return self
 
-    def in_latent_units(self, temporal: int = 4, spatial: int = 8):
+    def in_latent_units(self, config: VAEConfig):
         """((tile t, h, w), (overlap t, h, w)) in latent units."""
+        temporal, spatial = config.temporal_factor, config.spatial_factor
         return ((self.frames // temporal, self.height // spatial, self.width // spatial),
                 (self.overlap_frames // temporal, self.overlap_height // spatial, self.overlap_width // spatial))
 
@@ -134,10 +141,10 @@ def tiled_decode(vae: AllegroVAE, latent: torch.Tensor, tiles: TileSettings | No
     float32 on `output_device` (default: the latent's device), raw decoder range (about [-1, 1]).
     `progress(done, total)` is called after each tile; `should_stop()` may raise to cancel."""
     config = vae.config
-    tiles = (tiles or TileSettings.from_config(config)).validate(config.temporal_factor, config.spatial_factor)
+    tiles = (tiles or TileSettings.from_config(config)).validate(config)
     device = vae.post_quant_conv.weight.device
     output_device = latent.device if output_device is None else output_device
-    tile, overlap = tiles.in_latent_units(config.temporal_factor, config.spatial_factor)
+    tile, overlap = tiles.in_latent_units(config)
     scales = (config.temporal_factor, config.spatial_factor, config.spatial_factor)
     plan = TiledPlan.build(latent.shape[2:], tile, overlap, scales)
     prepared = vae.prepare_latent(latent.to(device=device, dtype=vae.dtype))
@@ -156,14 +163,11 @@ def tiled_decode(vae: AllegroVAE, latent: torch.Tensor, tiles: TileSettings | No
 
 
 def _encode_plan(config: VAEConfig, tiles: TileSettings, pixel_sizes):
-    tiles = tiles.validate(config.temporal_factor, config.spatial_factor)
-    pixel_tile = (tiles.frames, tiles.height, tiles.width)
-    pixel_overlap = (tiles.overlap_frames, tiles.overlap_height, tiles.overlap_width)
-    factors = (config.temporal_factor, config.spatial_factor, config.spatial_factor)
     # Plan in latent units (pixel tiles are whole latent units), so tile starts stay aligned.
+    tile, overlap = tiles.validate(config).in_latent_units(config)
+    factors = (config.temporal_factor, config.spatial_factor, config.spatial_factor)
     latent_sizes = [size // factor for size, factor in zip(pixel_sizes, factors)]
-    return TiledPlan.build(latent_sizes, [t // f for t, f in zip(pixel_tile, factors)],
-                           [o // f for o, f in zip(pixel_overlap, factors)], (1, 1, 1)), factors
+    return TiledPlan.build(latent_sizes, tile, overlap, (1, 1, 1)), factors
 
 
 @torch.no_grad()
@@ -185,21 +189,27 @@ def _tiled_encode(vae: AllegroVAE, pixel_sizes, make_tile: Callable, tiles: Tile
     return mean.to(output_device if output_device is not None else device)
 
 
-def crop_to_units(video: torch.Tensor, temporal: int, spatial: int) -> torch.Tensor:
-    """Drop trailing frames/rows/columns that do not fill a whole latent unit."""
+def fit_to_units(video: torch.Tensor, config: VAEConfig) -> torch.Tensor:
+    """[B, C, N, H, W] → whole latent units: frames up to the next multiple of the temporal factor
+    by repeating the last frame (geometry's frame rule), rows and columns short of a latent pixel
+    dropped (sizes the DiT takes are multiples of 16 anyway)."""
     n, h, w = video.shape[2:]
-    return video[:, :, :n - n % temporal, :h - h % spatial, :w - w % spatial]
+    video = video[:, :, :, :h - h % config.spatial_factor, :w - w % config.spatial_factor]
+    missing = -n % config.temporal_factor
+    if missing and n:
+        video = torch.cat([video, video[:, :, -1:].expand(-1, -1, missing, -1, -1)], dim=2)
+    return video
 
 
 def tiled_encode(vae: AllegroVAE, video: torch.Tensor, tiles: TileSettings | None = None, output_device=None,
                  progress=None, should_stop=None) -> torch.Tensor:
-    """video [B, 3, N, H, W] in [-1, 1] → posterior mean [B, 4, N/4, H/8, W/8] in VAE space
-    (not multiplied by the scale). Trailing frames / pixels short of a latent unit are dropped."""
+    """video [B, 3, N, H, W] in [-1, 1] → posterior mean [B, 4, ceil(N/4), H/8, W/8] in VAE space
+    (not multiplied by the scale); see `fit_to_units` for lengths and sizes off the latent grid."""
     config = vae.config
-    video = crop_to_units(video, config.temporal_factor, config.spatial_factor)
+    video = fit_to_units(video, config)
     if min(video.shape[2:]) == 0:
-        raise ValueError(f"Allegro's VAE needs at least {config.temporal_factor} frames and "
-                         f"{config.spatial_factor}x{config.spatial_factor} pixels to encode")
+        raise ValueError(f"Allegro's VAE needs at least one frame of {config.spatial_factor}x"
+                         f"{config.spatial_factor} pixels to encode")
     device, dtype = vae.post_quant_conv.weight.device, vae.dtype
 
     def make_tile(slices):

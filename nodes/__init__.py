@@ -1,4 +1,10 @@
-"""ComfyUI adapters over the `allegro` library: each module holds a few thin nodes."""
+"""ComfyUI adapters over the `allegro` library: each module holds a few thin V3 nodes.
+
+Node ids carry the prefix "AllegroVideo_", which no other pack uses (the older Allegro pack
+registers LoadAllegroModel, AllegroSampler, …; ComfyUI lets the pack loaded last silently replace an
+id). Ids and input names are part of saved workflows: never rename them."""
+from comfy_api.v0_0_2 import ComfyExtension, io
+
 from .latent import AllegroEmptyLatentVideo
 from .loaders import AllegroModelLoader, AllegroT5Loader, AllegroVAELoader
 from .sampler import AllegroSampler
@@ -7,29 +13,43 @@ from .text_encode import AllegroTextEncode
 from .ti2v import AllegroTI2VConditioning
 from .vae_nodes import AllegroVAEDecode, AllegroVAEEncode
 
-# Node ids are part of saved workflows: never rename them or their inputs.
-NODE_CLASS_MAPPINGS = {
-    "AllegroModelLoader": AllegroModelLoader,
-    "AllegroVAELoader": AllegroVAELoader,
-    "AllegroT5Loader": AllegroT5Loader,
-    "AllegroTextEncode": AllegroTextEncode,
-    "AllegroEmptyLatentVideo": AllegroEmptyLatentVideo,
-    "AllegroSampler": AllegroSampler,
-    "AllegroVAEDecode": AllegroVAEDecode,
-    "AllegroVAEEncode": AllegroVAEEncode,
-    "AllegroTI2VConditioning": AllegroTI2VConditioning,
-    "AllegroStepCache": AllegroStepCache,
+NODE_ID_PREFIX = "AllegroVideo_"
+NODES: list[type[io.ComfyNode]] = [
+    AllegroModelLoader, AllegroVAELoader, AllegroT5Loader, AllegroTextEncode, AllegroEmptyLatentVideo,
+    AllegroSampler, AllegroVAEDecode, AllegroVAEEncode, AllegroTI2VConditioning, AllegroStepCache,
+]
+# The ids this package used before the prefix (version 0.1): ComfyUI versions with node replacement
+# open workflows saved with them as the new nodes (same inputs, same order).
+FORMER_NODE_IDS = {
+    "AllegroModelLoader": "AllegroVideo_ModelLoader", "AllegroVAELoader": "AllegroVideo_VAELoader",
+    "AllegroT5Loader": "AllegroVideo_T5Loader", "AllegroTextEncode": "AllegroVideo_TextEncode",
+    "AllegroEmptyLatentVideo": "AllegroVideo_EmptyLatentVideo", "AllegroSampler": "AllegroVideo_Sampler",
+    "AllegroVAEDecode": "AllegroVideo_VAEDecode", "AllegroVAEEncode": "AllegroVideo_VAEEncode",
+    "AllegroTI2VConditioning": "AllegroVideo_TI2VConditioning", "AllegroStepCache": "AllegroVideo_StepCache",
 }
 
-NODE_DISPLAY_NAME_MAPPINGS = {
-    "AllegroModelLoader": "Load Allegro Model",
-    "AllegroVAELoader": "Load Allegro VAE",
-    "AllegroT5Loader": "Load Allegro T5 (diffusers)",
-    "AllegroTextEncode": "Allegro Text Encode",
-    "AllegroEmptyLatentVideo": "Allegro Empty Latent Video",
-    "AllegroSampler": "Allegro Sampler",
-    "AllegroVAEDecode": "Allegro VAE Decode",
-    "AllegroVAEEncode": "Allegro VAE Encode",
-    "AllegroTI2VConditioning": "Allegro TI2V Conditioning",
-    "AllegroStepCache": "Allegro Step Cache",
-}
+
+async def register_replacements() -> int:
+    """Map FORMER_NODE_IDS to the new nodes where ComfyUI supports node replacement (newer than
+    0.8.0); returns how many were registered (0 where it does not)."""
+    from comfy_api import latest
+    replace = getattr(io, "NodeReplace", None)
+    api = latest.ComfyAPI() if hasattr(latest, "ComfyAPI") else None
+    registry = getattr(api, "node_replacement", None)
+    if replace is None or registry is None:
+        return 0
+    for old, new in FORMER_NODE_IDS.items():
+        await registry.register(replace(new_node_id=new, old_node_id=old))
+    return len(FORMER_NODE_IDS)
+
+
+class AllegroExtension(ComfyExtension):
+    async def on_load(self) -> None:           # called by ComfyUI versions that have node replacement
+        await register_replacements()
+
+    async def get_node_list(self) -> list[type[io.ComfyNode]]:
+        return NODES
+
+
+async def comfy_entrypoint() -> AllegroExtension:
+    return AllegroExtension()

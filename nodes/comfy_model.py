@@ -15,19 +15,20 @@ import comfy.model_sampling
 import comfy.supported_models_base
 import comfy.utils
 
+from ..allegro.config import LATENT_CHANNELS, LATENT_SCALE, TransformerConfig
 from ..allegro.schedule import sigma_at, timestep_at, training_sigmas
-from ..allegro.transformer import AllegroTransformer3D, TransformerConfig
+from ..allegro.transformer import AllegroTransformer3D
 from .step_cache import cache_call_arguments
-
-LATENT_SCALE = 0.13
+from .ti2v import FRAME_MASK, LATENT_SCALE_KEY, MASKED_VIDEO
 
 
 class AllegroLatentFormat(comfy.latent_formats.LatentFormat):
-    latent_channels = 4
+    latent_channels = LATENT_CHANNELS
     latent_dimensions = 3
 
-    def __init__(self):
-        self.scale_factor = LATENT_SCALE
+    def __init__(self, scale_factor: float = LATENT_SCALE):
+        """scale_factor: the loaded model's (allegro.config.decide_latent_scale); the release's by default."""
+        self.scale_factor = scale_factor
         # Preview colours only. Allegro's VAE keeps the block layout of the SD image VAE it was
         # inflated from, so SD1's latent-to-RGB factors give a rough preview; no factors fitted
         # to Allegro's own VAE are published.
@@ -72,8 +73,8 @@ def comfy_attention(q, k, v, mask=None):
 class AllegroDiffusionModel(AllegroTransformer3D):
     """The library DiT with the constructor and call signature BaseModel uses."""
 
-    def __init__(self, image_model=None, dtype=None, device=None, operations=None, **config):
-        super().__init__(TransformerConfig.from_dict(config), operations=operations, device=device, dtype=dtype)
+    def __init__(self, allegro: TransformerConfig, image_model=None, dtype=None, device=None, operations=None, **_):
+        super().__init__(allegro, operations=operations, device=device, dtype=dtype)
         self.dtype = dtype
         self.attention = comfy_attention
 
@@ -97,12 +98,12 @@ class AllegroBaseModel(comfy.model_base.BaseModel):
     def __init__(self, model_config, model_type=comfy.model_base.ModelType.EPS, device=None):
         super().__init__(model_config, model_type, device=device, unet_model=AllegroDiffusionModel)
         self.model_sampling = ModelSamplingAllegro(model_config)
-        self.is_ti2v = bool(model_config.unet_config.get("ti2v", False))
+        self.is_ti2v = model_config.unet_config["allegro"].ti2v
 
     def concat_cond(self, **kwargs):
         """TI2V: [masked-video latent (scaled into model space), 4-channel folded frame mask]."""
-        masked_video = kwargs.get("allegro_masked_video")
-        frame_mask = kwargs.get("allegro_frame_mask")
+        masked_video = kwargs.get(MASKED_VIDEO)
+        frame_mask = kwargs.get(FRAME_MASK)
         if not self.is_ti2v:
             if masked_video is not None:
                 raise ValueError("The conditioning carries Allegro-TI2V image frames, but the loaded model is "
@@ -111,6 +112,11 @@ class AllegroBaseModel(comfy.model_base.BaseModel):
         if masked_video is None or frame_mask is None:
             raise ValueError("Allegro-TI2V needs image conditioning: connect 'Allegro TI2V Conditioning' "
                              "(first frame, optional last frame) between the text encode and the sampler.")
+        vae_scale, model_scale = kwargs.get(LATENT_SCALE_KEY), self.latent_format.scale_factor
+        if vae_scale is not None and vae_scale != model_scale:
+            raise ValueError(f"The TI2V conditioning was encoded by a VAE whose latent scale is {vae_scale:g}, but the "
+                             f"model samples at {model_scale:g}: the VAE and the model come from different downloads. "
+                             "Load both from the same Allegro-TI2V folder.")
         noise = kwargs["noise"]
         if masked_video.shape[2:] != noise.shape[2:]:
             raise ValueError(f"The TI2V conditioning was made for latent {tuple(masked_video.shape[2:])} "
@@ -133,11 +139,13 @@ class AllegroBaseModel(comfy.model_base.BaseModel):
         return out
 
 
-def build_model(config: dict, state_dict: dict, weight_dtype=None) -> comfy.model_patcher.ModelPatcher:
-    """A ModelPatcher over the DiT described by `config` (diffusers-style keys + "ti2v")."""
+def build_model(config: TransformerConfig, state_dict: dict, weight_dtype=None,
+                latent_scale: float = LATENT_SCALE) -> comfy.model_patcher.ModelPatcher:
+    """A ModelPatcher over the DiT described by `config`, sampling latents scaled by `latent_scale`."""
     load_device = comfy.model_management.get_torch_device()
     offload_device = comfy.model_management.unet_offload_device()
-    model_config = AllegroModelConfig({**config, "image_model": "allegro"})
+    model_config = AllegroModelConfig({"image_model": "allegro", "allegro": config})
+    model_config.latent_format = AllegroLatentFormat(latent_scale)
     parameters = comfy.utils.calculate_parameters(state_dict)
     if weight_dtype is None:
         weight_dtype = comfy.model_management.unet_dtype(model_params=parameters,
@@ -149,6 +157,7 @@ def build_model(config: dict, state_dict: dict, weight_dtype=None) -> comfy.mode
     missing, unexpected = model.diffusion_model.load_state_dict(state_dict, strict=False)
     if missing or unexpected:
         raise ValueError(f"The weights do not match the model config: missing {missing[:8]}, unexpected {unexpected[:8]}")
-    logging.info("Allegro %s DiT: %.2fB parameters, weights %s, compute %s", "TI2V" if model.is_ti2v else "T2V",
-                 parameters / 1e9, weight_dtype, manual_cast_dtype or weight_dtype)
+    logging.info("Allegro %s DiT: %.2fB parameters, weights %s, compute %s, latent scale %g",
+                 "TI2V" if model.is_ti2v else "T2V", parameters / 1e9, weight_dtype, manual_cast_dtype or weight_dtype,
+                 latent_scale)
     return comfy.model_patcher.ModelPatcher(model, load_device=load_device, offload_device=offload_device)

@@ -12,7 +12,8 @@ import comfy.model_patcher
 import comfy.sd
 import comfy.utils
 
-from ..allegro.vae import AllegroVAE, VAEConfig
+from ..allegro.config import RELEASE_VAE, VAEConfig
+from ..allegro.vae import AllegroVAE
 from ..allegro.vae_tiling import TileSettings, encode_conditioning_video, tiled_decode, tiled_encode
 
 LIVE_ACTIVATIONS = 5       # activation-sized tensors alive at once in a tile's full-resolution stage
@@ -56,7 +57,7 @@ class AllegroComfyVAE(comfy.sd.VAE):
             try:
                 return work(tiles, progress, mm.throw_exception_if_processing_interrupted)
             except mm.OOM_EXCEPTION:
-                smaller = smaller_tiles(tiles)
+                smaller = smaller_tiles(tiles, self.config)
                 if smaller is None:
                     raise
             mm.soft_empty_cache()
@@ -66,23 +67,20 @@ class AllegroComfyVAE(comfy.sd.VAE):
 
     def decode_frames(self, latent: torch.Tensor, tiles: TileSettings | None = None) -> torch.Tensor:
         """Raw latent [B, 4, t, h, w] → frames [B, 4t, 8h, 8w, 3] in 0..1 (ComfyUI IMAGE order)."""
-        tiles = (tiles or self.default_tiles).validate(self.config.temporal_factor, self.config.spatial_factor)
-
         def work(tiles, progress, should_stop):
             return tiled_decode(self.first_stage_model, latent, tiles, self.output_device, progress, should_stop)
-        video = self._run_tiled(work, tiles, "decode")
+        video = self._run_tiled(work, tiles or self.default_tiles, "decode")
         return self.process_output(video).movedim(1, -1)
 
     def encode_video(self, pixels: torch.Tensor, tiles: TileSettings | None = None) -> torch.Tensor:
-        """IMAGE frames [N, H, W, C] (or [B, N, H, W, C]) in 0..1 → raw latent mean [B, 4, N/4, H/8, W/8]."""
+        """IMAGE frames [N, H, W, C] (or [B, N, H, W, C]) in 0..1 → raw latent mean [B, 4, ceil(N/4), H/8, W/8]."""
         video = pixels[..., :3]
         video = video.unsqueeze(0) if video.ndim == 4 else video
         video = self.process_input(video.movedim(-1, 1))                 # [B, 3, N, H, W]
-        tiles = (tiles or self.default_tiles).validate(self.config.temporal_factor, self.config.spatial_factor)
 
         def work(tiles, progress, should_stop):
             return tiled_encode(self.first_stage_model, video, tiles, self.output_device, progress, should_stop)
-        return self._run_tiled(work, tiles, "encode")
+        return self._run_tiled(work, tiles or self.default_tiles, "encode")
 
     def encode_conditioning_frames(self, frames: dict, num_frames: int, height: int, width: int) -> torch.Tensor:
         """TI2V: the posterior mean of a black video holding `frames` ({index: [3, H, W] in [-1, 1]})."""
@@ -127,20 +125,27 @@ def comfy_tiles(default: TileSettings, config: VAEConfig, tile_x, tile_y, overla
     return tiles
 
 
-def smaller_tiles(tiles: TileSettings) -> TileSettings | None:
-    """Halve the tile's rows and columns (keeping multiples of 8 and overlaps below the tile)."""
-    if tiles.height <= 64 and tiles.width <= 64:
+def smaller_tiles(tiles: TileSettings, config: VAEConfig) -> TileSettings | None:
+    """Halve the tile's rows and columns (whole latent pixels, overlaps below the tile); None once
+    the tile is down to 8 latent pixels a side."""
+    unit = config.spatial_factor
+    smallest = 8 * unit
+    if tiles.height <= smallest and tiles.width <= smallest:
         return None
-    height, width = max(64, tiles.height // 16 * 8), max(64, tiles.width // 16 * 8)
-    return replace(tiles, height=height, width=width, overlap_height=min(tiles.overlap_height // 2 // 8 * 8, height - 8),
-                   overlap_width=min(tiles.overlap_width // 2 // 8 * 8, width - 8))
+    height, width = max(smallest, tiles.height // (2 * unit) * unit), max(smallest, tiles.width // (2 * unit) * unit)
+    return replace(tiles, height=height, width=width,
+                   overlap_height=min(tiles.overlap_height // 2 // unit * unit, height - unit),
+                   overlap_width=min(tiles.overlap_width // 2 // unit * unit, width - unit))
 
 
-def build_vae(config: dict, state_dict: dict, dtype: torch.dtype) -> AllegroComfyVAE:
-    vae_config = VAEConfig.from_dict(config)
+def build_vae(config: VAEConfig, state_dict: dict, dtype: torch.dtype) -> AllegroComfyVAE:
     with torch.device("meta"):
-        model = AllegroVAE(vae_config)
+        model = AllegroVAE(config)
     missing, unexpected = model.load_state_dict(state_dict, strict=False, assign=True)
     if missing or unexpected:
         raise ValueError(f"The VAE weights do not match its config: missing {missing[:6]}, unexpected {unexpected[:6]}")
+    if config.scaling_factor != RELEASE_VAE.scaling_factor:
+        logging.warning("This Allegro VAE's config gives latent scale %g (the release's is %g). A model loaded from the "
+                        "same hub folder samples at that scale; a model from elsewhere does not match it.",
+                        config.scaling_factor, RELEASE_VAE.scaling_factor)
     return AllegroComfyVAE(model.to(dtype), dtype)

@@ -7,14 +7,10 @@ from pathlib import Path
 
 import folder_paths
 
-DIFFUSERS_PREFIX = "diffusers/"
+from ..allegro import checkpoints
+from ..allegro.config import COMPONENT_CLASSES
 
-# The class names a component folder's config.json may carry, per component.
-COMPONENT_CLASSES = {
-    "transformer": ("AllegroTransformer3DModel", "AllegroTransformerTI2V3DModel"),
-    "vae": ("AutoencoderKLAllegro", "AllegroAutoencoderKL3D"),
-    "text_encoder": ("T5EncoderModel",),
-}
+DIFFUSERS_PREFIX = "diffusers/"
 
 
 def _class_name(config_path: Path) -> str | None:
@@ -69,3 +65,23 @@ def resolve(choice: str, folder_kind: str) -> Path:
         raise FileNotFoundError(f"{choice!r} is not in models/{folder_kind}/ "
                                 f"(searched {folder_paths.get_folder_paths(folder_kind)}).")
     return Path(path)
+
+
+def check_choice(value, choices: list[str], folder_kind: str):
+    """validate_inputs for a weights list: True, or what is wrong and what can be picked. (It replaces
+    ComfyUI's "Value not in list", which says "(list of length N)" once the list is long.)"""
+    if value is None or value in choices:      # None: linked from another node, checked when it runs
+        return True
+    shown = ", ".join(choices[:12]) + (f", … ({len(choices)} in all)" if len(choices) > 12 else "")
+    suffix = Path(str(value)).suffix.lower()
+    if suffix in checkpoints.PICKLE_SUFFIXES:
+        problem = (f"is a PyTorch pickle ({suffix}): pickles can run code when loaded, so they are never listed or "
+                   "opened. Use the .safetensors version of these weights")
+    else:
+        problem = f"is not a .safetensors file in models/{folder_kind}/ nor a folder in models/diffusers/"
+    return f"{value!r} {problem}. Available: {shown or 'nothing'}."   # ComfyUI prefixes the input's name
+
+
+def read(choice: str, folder_kind: str, component: str) -> checkpoints.Checkpoint:
+    """resolve + read: the chosen file or folder's tensors and the config that came with them."""
+    return checkpoints.read_checkpoint(resolve(choice, folder_kind), component)

@@ -1,11 +1,13 @@
 """Allegro text encode: prompt → T5 hidden states + attention mask, as the reference pipelines
-prepare them (template, caption cleaning, 512 tokens with EOS, padding masked)."""
+prepare them (template, caption cleaning, TEXT_TOKENS tokens with EOS, padding masked)."""
 import logging
 
+from comfy_api.v0_0_2 import io
+
 from ..allegro import prompt as prompts
+from ..allegro.config import TEXT_TOKENS
 
 CATEGORY = "Allegro/conditioning"
-MAX_TOKENS = 512
 
 
 def t5_tokenizer_of(clip):
@@ -20,14 +22,14 @@ def t5_tokenizer_of(clip):
 
 
 def encode(clip, text: str, clean: bool, label: str):
-    """[[hidden states [1, 512, d], {"attention_mask": [1, 512]}]] — standard CONDITIONING."""
+    """[[hidden states [1, 512, d], {"attention_mask": [1, 512]}]] — standard CONDITIONING (512 = TEXT_TOKENS)."""
     hf_tokenizer = t5_tokenizer_of(clip).tokenizer
     seen = prompts.preprocess_prompt(text, clean=clean)
     tokens = prompts.tokenize_for_t5(lambda s: hf_tokenizer(s, add_special_tokens=False)["input_ids"], seen,
-                                     max_length=MAX_TOKENS, decode_fn=hf_tokenizer.decode)
+                                     max_length=TEXT_TOKENS, decode_fn=hf_tokenizer.decode)
     if tokens.truncated:
-        logging.warning("Allegro %s prompt: T5 reads at most %d tokens; dropped: %s", label, MAX_TOKENS, tokens.dropped_text)
-    # The CLIP's own token layout (e.g. SD3's has clip_l/clip_g slots too), with our 512 T5 ids in it.
+        logging.warning("Allegro %s prompt: T5 reads at most %d tokens; dropped: %s", label, TEXT_TOKENS, tokens.dropped_text)
+    # The CLIP's own token layout (e.g. SD3's has clip_l/clip_g slots too), with our T5 ids in it.
     layout = clip.tokenize("")
     encoded = clip.encode_from_tokens({**layout, "t5xxl": [[(int(i), 1.0) for i in tokens.ids]]}, return_dict=True)
     mask = encoded.get("attention_mask")
@@ -37,36 +39,41 @@ def encode(clip, text: str, clean: bool, label: str):
     return [[encoded["cond"], {"attention_mask": mask, "pooled_output": None}]]
 
 
-class AllegroTextEncode:
-    DESCRIPTION = ("Encodes the prompt and the negative prompt with T5 for Allegro: the reference positive "
-                   "template and caption cleaning (optional), 512 tokens, padding masked.")
-    CATEGORY = CATEGORY
-    RETURN_TYPES = ("CONDITIONING", "CONDITIONING")
-    RETURN_NAMES = ("positive", "negative")
-    OUTPUT_TOOLTIPS = ("The prompt's conditioning (to the sampler's positive, or the TI2V node).",
-                       "The negative prompt's conditioning (to the sampler's negative, or the TI2V node).")
-    FUNCTION = "encode"
+class AllegroTextEncode(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="AllegroVideo_TextEncode",
+            display_name="Allegro Text Encode",
+            category=CATEGORY,
+            description="Encodes the prompt and the negative prompt with T5 for Allegro: the reference positive "
+                        f"template and caption cleaning (optional), {TEXT_TOKENS} tokens, padding masked.",
+            inputs=[
+                io.Clip.Input("clip", tooltip="T5-XXL: 'Load CLIP' (type mochi) with t5xxl_fp16.safetensors, or "
+                                              "'Load Allegro T5 (diffusers)'."),
+                io.String.Input("prompt", multiline=True, dynamic_prompts=True, default="",
+                                tooltip="What the video shows. Long, concrete English descriptions work best; T5 reads "
+                                        f"{TEXT_TOKENS} tokens at most (the rest is dropped with a warning)."),
+                io.String.Input("negative_prompt", multiline=True, dynamic_prompts=True,
+                                default=prompts.NEGATIVE_PROMPT.strip(),
+                                tooltip="What to avoid; pre-filled with the reference scripts' negative prompt."),
+                io.Boolean.Input("use_template", default=True,
+                                 tooltip="Wrap the prompt in the reference scripts' quality template (the maintainers "
+                                         "say it was not used in training)."),
+                io.Boolean.Input("clean_caption", default=True,
+                                 tooltip="Clean the text as the reference pipelines do before T5 (drops URLs, HTML, "
+                                         "brackets and a few words like 'jpeg')."),
+            ],
+            outputs=[
+                io.Conditioning.Output(display_name="positive", tooltip="The prompt's conditioning (to the sampler's "
+                                                                        "positive, or the TI2V node)."),
+                io.Conditioning.Output(display_name="negative", tooltip="The negative prompt's conditioning (to the "
+                                                                        "sampler's negative, or the TI2V node)."),
+            ],
+        )
 
     @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {
-            "clip": ("CLIP", {"tooltip": "T5-XXL: 'Load CLIP' (type mochi) with t5xxl_fp16.safetensors, or "
-                                         "'Load Allegro T5 (diffusers)'."}),
-            "prompt": ("STRING", {"multiline": True, "dynamicPrompts": True, "default": "",
-                                  "tooltip": "What the video shows. Long, concrete English descriptions work best; "
-                                             "T5 reads 512 tokens at most (the rest is dropped with a warning)."}),
-            "negative_prompt": ("STRING", {"multiline": True, "dynamicPrompts": True,
-                                           "default": prompts.NEGATIVE_PROMPT.strip(),
-                                           "tooltip": "What to avoid; pre-filled with the reference scripts' negative prompt."}),
-            "use_template": ("BOOLEAN", {"default": True,
-                                         "tooltip": "Wrap the prompt in the reference scripts' quality template "
-                                                    "(the maintainers say it was not used in training)."}),
-            "clean_caption": ("BOOLEAN", {"default": True,
-                                          "tooltip": "Clean the text as the reference pipelines do before T5 "
-                                                     "(drops URLs, HTML, brackets and a few words like 'jpeg')."}),
-        }}
-
-    def encode(self, clip, prompt, negative_prompt, use_template, clean_caption):
+    def execute(cls, clip, prompt, negative_prompt, use_template, clean_caption) -> io.NodeOutput:
         text = prompts.apply_template(prompt) if use_template else prompt
-        return (encode(clip, text, clean_caption, "positive"),
-                encode(clip, negative_prompt, clean_caption, "negative"))
+        return io.NodeOutput(encode(clip, text, clean_caption, "positive"),
+                             encode(clip, negative_prompt, clean_caption, "negative"))

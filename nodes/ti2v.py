@@ -2,15 +2,21 @@
 VAE-encoded masked video and the folded frame mask, plus the LATENT to sample — the pattern of
 ComfyUI's own image-to-video nodes, so the Allegro sampler and the stock KSampler both run it."""
 import torch
+from comfy_api.v0_0_2 import io
 
 import comfy.model_management
 import node_helpers
 
-from ..allegro.geometry import check_video_size
+from ..allegro.config import LATENT_CHANNELS
+from ..allegro.geometry import check_video_size, decoded_frames
 from ..allegro.ti2v import conditioning_indices, frame_mask, prepare_image
+from . import video_latent
+from .latent import size_inputs
 from .memory import check_fits_in_memory
 
 CATEGORY = "Allegro/conditioning"
+# Conditioning keys the model's concat_cond reads (comfy_model.AllegroBaseModel).
+MASKED_VIDEO, FRAME_MASK, LATENT_SCALE_KEY = "allegro_masked_video", "allegro_frame_mask", "allegro_latent_scale"
 
 
 def single_image(image: torch.Tensor | None, name: str) -> torch.Tensor | None:
@@ -25,35 +31,39 @@ def single_image(image: torch.Tensor | None, name: str) -> torch.Tensor | None:
     return image[0]
 
 
-class AllegroTI2VConditioning:
-    DESCRIPTION = ("Image-to-video for Allegro-TI2V: the first frame, and optionally the last, become the video's "
-                   "start (and end). Images of any size are centre-cropped to the video's aspect and resized, as "
-                   "the reference does, then VAE-encoded with the posterior mean (deterministic; the reference "
-                   "draws a random sample). Feed the three outputs to the sampler; use CFG 8 as the reference.")
-    CATEGORY = CATEGORY
-    RETURN_TYPES = ("CONDITIONING", "CONDITIONING", "LATENT")
-    RETURN_NAMES = ("positive", "negative", "latent")
-    OUTPUT_TOOLTIPS = ("Positive conditioning with the image frames.", "Negative conditioning with the same image "
-                       "frames (both CFG branches see them, as in the reference).",
-                       "The empty latent to sample, of the chosen size and length.")
-    FUNCTION = "condition"
+class AllegroTI2VConditioning(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="AllegroVideo_TI2VConditioning",
+            display_name="Allegro TI2V Conditioning",
+            category=CATEGORY,
+            description="Image-to-video for Allegro-TI2V: the first frame, and optionally the last, become the video's "
+                        "start (and end). Images of any size are centre-cropped to the video's aspect and resized, as "
+                        "the reference does, then VAE-encoded with the posterior mean (deterministic; the reference "
+                        "draws a random sample). Feed the three outputs to the sampler; use CFG 8 as the reference.",
+            inputs=[
+                io.Conditioning.Input("positive", tooltip="From 'Allegro Text Encode'."),
+                io.Conditioning.Input("negative", tooltip="From 'Allegro Text Encode'."),
+                io.Vae.Input("vae", tooltip="The Allegro VAE (encodes the conditioning frames)."),
+                io.Image.Input("first_frame", tooltip="The video's first frame: one image of any size (alpha is "
+                                                      "ignored)."),
+                *size_inputs("Frames (a multiple of 4, or one more); 88 = 6 s at 15 fps as trained."),
+                io.Image.Input("last_frame", optional=True,
+                               tooltip="Optional: the video's last frame (first-and-last-frame mode)."),
+            ],
+            outputs=[
+                io.Conditioning.Output(display_name="positive", tooltip="Positive conditioning with the image frames."),
+                io.Conditioning.Output(display_name="negative", tooltip="Negative conditioning with the same image "
+                                                                        "frames (both CFG branches see them, as in the "
+                                                                        "reference)."),
+                io.Latent.Output(display_name="latent", tooltip="The empty latent to sample, of the chosen size and "
+                                                                "length."),
+            ],
+        )
 
     @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {
-            "positive": ("CONDITIONING", {"tooltip": "From 'Allegro Text Encode'."}),
-            "negative": ("CONDITIONING", {"tooltip": "From 'Allegro Text Encode'."}),
-            "vae": ("VAE", {"tooltip": "The Allegro VAE (encodes the conditioning frames)."}),
-            "first_frame": ("IMAGE", {"tooltip": "The video's first frame: one image of any size (alpha is ignored)."}),
-            "width": ("INT", {"default": 1280, "min": 16, "max": 8192, "step": 16, "tooltip": "Video width; a multiple of 16."}),
-            "height": ("INT", {"default": 720, "min": 16, "max": 8192, "step": 16, "tooltip": "Video height; a multiple of 16."}),
-            "length": ("INT", {"default": 88, "min": 4, "max": 1024, "step": 4,
-                               "tooltip": "Frames (a multiple of 4, or one more); 88 = 6 s at 15 fps as trained."}),
-        }, "optional": {
-            "last_frame": ("IMAGE", {"tooltip": "Optional: the video's last frame (first-and-last-frame mode)."}),
-        }}
-
-    def condition(self, positive, negative, vae, first_frame, width, height, length, last_frame=None):
+    def execute(cls, positive, negative, vae, first_frame, width, height, length, last_frame=None) -> io.NodeOutput:
         first, last = single_image(first_frame, "first_frame"), single_image(last_frame, "last_frame")
         size = check_video_size(width, height, length)
         check_fits_in_memory(size)
@@ -62,11 +72,12 @@ class AllegroTI2VConditioning:
         latent_size = size.latent_shape
         indices = conditioning_indices(length, last is not None)
         images = [prepare_image(first, height, width)] + ([prepare_image(last, height, width)] if last is not None else [])
-        # The VAE turns 4 frames into each latent frame: encode the 4*T' frames it will decode.
-        masked_video = vae.encode_conditioning_frames(dict(zip(indices, images)), 4 * latent_size[0], height, width)
+        # Encode the whole frames the latent decodes to (the frame rule), the last image at length - 1.
+        masked_video = vae.encode_conditioning_frames(dict(zip(indices, images)), decoded_frames(latent_size[0]),
+                                                      height, width)
         mask = frame_mask(indices, latent_size, device=masked_video.device)
-        values = {"allegro_masked_video": masked_video, "allegro_frame_mask": mask}
+        values = {MASKED_VIDEO: masked_video, FRAME_MASK: mask, LATENT_SCALE_KEY: vae.config.scaling_factor}
         positive = node_helpers.conditioning_set_values(positive, values)
         negative = node_helpers.conditioning_set_values(negative, values)
-        latent = torch.zeros([1, 4, *latent_size], device=comfy.model_management.intermediate_device())
-        return positive, negative, {"samples": latent, "allegro_num_frames": length}
+        latent = torch.zeros([1, LATENT_CHANNELS, *latent_size], device=comfy.model_management.intermediate_device())
+        return io.NodeOutput(positive, negative, video_latent.make(latent, length))

@@ -1,10 +1,17 @@
-"""Allegro VAE decode / encode nodes: tiled like the reference (settable), every pixel decoded."""
-import torch
+"""Allegro VAE decode / encode nodes: tiled like the reference (settable), every pixel decoded.
 
+The tile widgets default to the loaded VAE's own tiling (its config: the reference's 24 x 320 x 320
+with overlaps 8 / 120 / 80 for the release), the same tiles core VAE Decode uses."""
+from dataclasses import replace
+
+from comfy_api.v0_0_2 import io
+
+from ..allegro.config import FRAME_RATE, TEMPORAL_FACTOR
 from ..allegro.vae_tiling import TileSettings
+from . import video_latent
 
 CATEGORY = "Allegro/vae"
-FRAME_RATE = 15.0          # Allegro's videos are 88 frames at 15 fps (6 s)
+OWN_SIZE, OWN_OVERLAP = 0, -1          # widget values meaning "the VAE's own setting"
 
 
 def allegro_vae(vae, node: str):
@@ -13,85 +20,95 @@ def allegro_vae(vae, node: str):
     return vae
 
 
-def video_latent(latent: dict, node: str) -> torch.Tensor:
-    samples = latent["samples"]
-    if samples.ndim != 5 or samples.shape[1] != 4:
-        raise ValueError(f"'{node}' takes an Allegro video latent [batch, 4, frames, height/8, width/8] as 'samples'; "
-                         f"got shape {list(samples.shape)}. Decode other models' latents with their own VAE.")
-    return samples
+def tile_inputs() -> list:
+    size = dict(default=OWN_SIZE, min=OWN_SIZE, optional=True)
+    overlap = dict(default=OWN_OVERLAP, min=OWN_OVERLAP, optional=True)
+    return [
+        io.Int.Input("tile_frames", max=256, step=4, **size,
+                     tooltip="Frames per tile; 0 = the VAE's own (24 for the release). Fewer frames use less memory."),
+        io.Int.Input("tile_size", max=2048, step=8, **size,
+                     tooltip="Tile height and width in pixels; 0 = the VAE's own (320). Memory grows with its "
+                             "square; the video's size does not matter."),
+        io.Int.Input("overlap_frames", max=252, step=1, **overlap,
+                     tooltip="Frames shared by neighbouring tiles and cross-faded, a multiple of 4; -1 = the VAE's "
+                             "own (8)."),
+        io.Int.Input("overlap_height", max=2040, step=1, **overlap,
+                     tooltip="Rows shared by tiles above/below, cross-faded, a multiple of 8; -1 = the VAE's own (120)."),
+        io.Int.Input("overlap_width", max=2040, step=1, **overlap,
+                     tooltip="Columns shared by tiles left/right, cross-faded, a multiple of 8; -1 = the VAE's own (80)."),
+    ]
 
 
-def tile_inputs(frames_default=24, size_default=320):
-    return {
-        "tile_frames": ("INT", {"default": frames_default, "min": 4, "max": 256, "step": 4,
-                                "tooltip": "Frames per tile (the reference uses 24). Fewer frames use less memory."}),
-        "tile_size": ("INT", {"default": size_default, "min": 64, "max": 2048, "step": 8,
-                              "tooltip": "Tile height and width in pixels (the reference uses 320). Memory grows with "
-                                         "its square; the video's size does not matter."}),
-        "overlap_frames": ("INT", {"default": 8, "min": 0, "max": 252, "step": 4,
-                                   "tooltip": "Frames shared by neighbouring tiles and cross-faded (reference: 8)."}),
-        "overlap_height": ("INT", {"default": 120, "min": 0, "max": 2040, "step": 8,
-                                   "tooltip": "Rows shared by tiles above/below, cross-faded (reference: 120)."}),
-        "overlap_width": ("INT", {"default": 80, "min": 0, "max": 2040, "step": 8,
-                                  "tooltip": "Columns shared by tiles left/right, cross-faded (reference: 80)."}),
-    }
+def tiles_for(vae, tile_frames=OWN_SIZE, tile_size=OWN_SIZE, overlap_frames=OWN_OVERLAP,
+              overlap_height=OWN_OVERLAP, overlap_width=OWN_OVERLAP) -> TileSettings:
+    """The VAE's own tiles with each widget that is set in place of its setting (checked when used).
+    An overlap left at the VAE's own is kept below a smaller tile the user chose."""
+    own, config = vae.default_tiles, vae.config
+    sizes = {"frames": tile_frames, "height": tile_size, "width": tile_size}
+    tiles = replace(own, **{name: value for name, value in sizes.items() if value != OWN_SIZE})
+    overlaps = {}
+    for name, size, unit, value in (("overlap_frames", tiles.frames, config.temporal_factor, overlap_frames),
+                                    ("overlap_height", tiles.height, config.spatial_factor, overlap_height),
+                                    ("overlap_width", tiles.width, config.spatial_factor, overlap_width)):
+        overlaps[name] = min(getattr(own, name), max(size - unit, 0)) if value == OWN_OVERLAP else value
+    return replace(tiles, **overlaps)
 
 
-def settings(tile_frames, tile_size, overlap_frames, overlap_height, overlap_width) -> TileSettings:
-    return TileSettings(tile_frames, tile_size, tile_size, overlap_frames, overlap_height, overlap_width).validate()
-
-
-class AllegroVAEDecode:
-    DESCRIPTION = ("Decodes an Allegro latent to video frames, in tiles blended like the reference's (24x320x320 by "
-                   "default) but with every pixel decoded at every size. Frames go straight into RIFE/FILM "
-                   "interpolation, upscalers, Video Combine or Create Video (use the fps output).")
-    CATEGORY = CATEGORY
-    RETURN_TYPES = ("IMAGE", "FLOAT")
-    RETURN_NAMES = ("frames", "fps")
-    OUTPUT_TOOLTIPS = ("The video frames [frames, height, width, 3], 0..1.",
-                       "Allegro's frame rate, 15: connect it to Create Video's fps or Video Combine's frame_rate "
-                       "(x2 after 2x frame interpolation).")
-    FUNCTION = "decode"
+class AllegroVAEDecode(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="AllegroVideo_VAEDecode",
+            display_name="Allegro VAE Decode",
+            category=CATEGORY,
+            description="Decodes an Allegro latent to video frames, in tiles blended like the reference's (the VAE's "
+                        "own 24x320x320 by default) but with every pixel decoded at every size. Frames go straight "
+                        "into RIFE/FILM interpolation, upscalers, Video Combine or Create Video (use the fps output).",
+            inputs=[io.Latent.Input("samples", tooltip="The sampled Allegro latent."),
+                    io.Vae.Input("vae", tooltip="The Allegro VAE ('Load Allegro VAE')."),
+                    *tile_inputs()],
+            outputs=[io.Image.Output(display_name="frames", tooltip="The video frames [frames, height, width, 3], 0..1."),
+                     io.Float.Output(display_name="fps", tooltip="Allegro's frame rate, 15: connect it to Create "
+                                                                 "Video's fps or Video Combine's frame_rate (x2 after "
+                                                                 "2x frame interpolation).")],
+        )
 
     @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {
-            "samples": ("LATENT", {"tooltip": "The sampled Allegro latent."}),
-            "vae": ("VAE", {"tooltip": "The Allegro VAE ('Load Allegro VAE')."}),
-        }, "optional": tile_inputs()}
-
-    def decode(self, samples, vae, tile_frames=24, tile_size=320, overlap_frames=8, overlap_height=120, overlap_width=80):
-        latent = video_latent(samples, "Allegro VAE Decode")
-        tiles = settings(tile_frames, tile_size, overlap_frames, overlap_height, overlap_width)
-        frames = allegro_vae(vae, "Allegro VAE Decode").decode_frames(latent, tiles)       # [B, T, H, W, 3]
-        wanted = samples.get("allegro_num_frames")
-        if wanted is not None and wanted < frames.shape[1]:
-            frames = frames[:, :wanted]            # odd lengths decode up to 3 extra frames (as the reference)
-        return frames.reshape(-1, *frames.shape[2:]), FRAME_RATE
+    def execute(cls, samples, vae, **tiles) -> io.NodeOutput:
+        latent = samples["samples"]
+        if not video_latent.is_video_latent(latent):
+            raise ValueError(f"'Allegro VAE Decode' takes an Allegro video latent {video_latent.SHAPE} as 'samples'; "
+                             f"got shape {list(latent.shape)}. Decode other models' latents with their own VAE.")
+        vae = allegro_vae(vae, "Allegro VAE Decode")
+        frames = vae.decode_frames(latent, tiles_for(vae, **tiles))                 # [B, 4T', H, W, 3]
+        frames = frames[:, :video_latent.video_frames(samples)]
+        return io.NodeOutput(frames.reshape(-1, *frames.shape[2:]), FRAME_RATE)
 
 
-class AllegroVAEEncode:
-    DESCRIPTION = ("Encodes video frames (an IMAGE batch, e.g. from Load Video) into an Allegro latent for "
-                   "video-to-video with denoise below 1. Uses the posterior mean; frames beyond a multiple of 4 "
-                   "and pixels beyond a multiple of 8 are dropped.")
-    CATEGORY = CATEGORY
-    RETURN_TYPES = ("LATENT",)
-    RETURN_NAMES = ("latent",)
-    OUTPUT_TOOLTIPS = ("The video's latent; sample it with denoise < 1 to restyle it.",)
-    FUNCTION = "encode"
+class AllegroVAEEncode(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="AllegroVideo_VAEEncode",
+            display_name="Allegro VAE Encode",
+            category=CATEGORY,
+            description="Encodes video frames (an IMAGE batch, e.g. from Load Video) into an Allegro latent for "
+                        "video-to-video with denoise below 1. Uses the posterior mean. A length that is not a multiple "
+                        f"of {TEMPORAL_FACTOR} is filled up by repeating the last frame (decoding gives back the "
+                        "original length); pixels beyond a multiple of 8 are dropped.",
+            inputs=[io.Image.Input("frames", tooltip="Video frames [frames, height, width, 3]; sides a multiple of 16 "
+                                                     "for the sampler."),
+                    io.Vae.Input("vae", tooltip="The Allegro VAE ('Load Allegro VAE')."),
+                    *tile_inputs()],
+            outputs=[io.Latent.Output(display_name="latent",
+                                      tooltip="The video's latent; sample it with denoise < 1 to restyle it.")],
+        )
 
     @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {
-            "frames": ("IMAGE", {"tooltip": "Video frames [frames, height, width, 3]; sides a multiple of 16 "
-                                            "for the sampler."}),
-            "vae": ("VAE", {"tooltip": "The Allegro VAE ('Load Allegro VAE')."}),
-        }, "optional": tile_inputs()}
-
-    def encode(self, frames, vae, tile_frames=24, tile_size=320, overlap_frames=8, overlap_height=120, overlap_width=80):
-        if frames.ndim != 4 or frames.shape[0] < 4:
-            raise ValueError(f"'Allegro VAE Encode' needs at least 4 frames [frames, height, width, channels]; got "
+    def execute(cls, frames, vae, **tiles) -> io.NodeOutput:
+        if frames.ndim != 4 or frames.shape[0] < 1:
+            raise ValueError(f"'Allegro VAE Encode' needs video frames [frames, height, width, channels]; got "
                              f"shape {list(frames.shape)}.")
-        tiles = settings(tile_frames, tile_size, overlap_frames, overlap_height, overlap_width)
-        latent = allegro_vae(vae, "Allegro VAE Encode").encode_video(frames, tiles)
-        return ({"samples": latent, "allegro_num_frames": frames.shape[0] - frames.shape[0] % 4},)
+        vae = allegro_vae(vae, "Allegro VAE Encode")
+        latent = vae.encode_video(frames, tiles_for(vae, **tiles))
+        return io.NodeOutput(video_latent.make(latent, frames.shape[0]))

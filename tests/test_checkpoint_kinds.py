@@ -1,17 +1,13 @@
-"""allegro.checkpoint_kinds: recognising weights by name and shape, and configs read from shapes.
+"""allegro.checkpoint_kinds: recognising weights by name and shape (configs: test_config.py).
 
 Key sets come from synthetic dicts with each family's distinctive names (original/ComfyUI formats)
 and from the real diffusers/transformers classes built on the meta device (no memory, no time)."""
-import json
-
 import pytest
 import torch
 
-from allegro.checkpoint_kinds import (
-    TRANSFORMER_DEFAULTS, CheckpointError, identify, identify_checkpoint, infer_transformer_config, infer_vae_config,
-    normalise_transformer_config,
-)
+from allegro.checkpoint_kinds import identify, identify_checkpoint
 from allegro.checkpoints import read_safetensors_header
+from allegro.config import measure_transformer
 
 TINY_DIT = dict(num_attention_heads=2, attention_head_dim=24, num_layers=2, cross_attention_dim=48, caption_channels=32,
                 sample_frames=6, sample_height=20, sample_width=20)
@@ -167,103 +163,4 @@ def test_identify_works_on_a_header_without_loading(tmp_path):
     save_file({k: torch.zeros(v.shape) for k, v in dit.items()}, path)
     header, _ = read_safetensors_header(path)
     assert identify(header) == "allegro_t2v"
-    assert infer_transformer_config(header)["num_layers"] == 2
-
-
-# --- configs ---------------------------------------------------------------------------------------
-
-def test_normalise_original_and_diffusers_formats_agree():
-    from_original = normalise_transformer_config(ORIGINAL_HUB_CONFIG)
-    assert from_original == {**TRANSFORMER_DEFAULTS, "ti2v": False}        # the release = diffusers' defaults
-    from diffusers import AllegroTransformer3DModel
-    with torch.device("meta"):
-        model = AllegroTransformer3DModel(**TINY_DIT)
-    from_diffusers = normalise_transformer_config(dict(model.config, _class_name="AllegroTransformer3DModel"))
-    assert from_diffusers == {**{k: model.config[k] for k in TRANSFORMER_DEFAULTS}, "ti2v": False}
-    ti2v = normalise_transformer_config({**ORIGINAL_HUB_CONFIG, "_class_name": "AllegroTransformerTI2V3DModel",
-                                         "sample_size": 64, "sample_size_t": 10})
-    assert ti2v["ti2v"] and pick(ti2v, "sample_height", "sample_width", "sample_frames") == (64, 64, 10)
-
-
-def test_normalise_derives_unset_interpolation_scales_like_each_class():
-    unset = {"interpolation_scale_t": None, "interpolation_scale_h": None, "interpolation_scale_w": None}
-    original = normalise_transformer_config({**ORIGINAL_HUB_CONFIG, **unset})
-    assert pick(original, *unset) == (22 / 16, 3.0, 4.0)
-    diffusers_style = normalise_transformer_config({"sample_frames": 22, **unset})
-    assert diffusers_style["interpolation_scale_t"] == 1.0                   # diffusers floors 22 // 16
-    assert normalise_transformer_config({"sample_frames": 23, **unset})["interpolation_scale_t"] == 2.0
-    assert normalise_transformer_config({"out_channels": None, "in_channels": 8})["out_channels"] == 8
-
-
-@pytest.mark.parametrize("change, phrase", [
-    ({"norm_type": "ada_norm"}, "norm_type"), ({"use_rope": False}, "use_rope"),
-    ({"activation_fn": "geglu"}, "activation_fn"), ({"use_additional_conditions": True}, "use_additional_conditions"),
-    ({"_class_name": "AutoencoderKLAllegro"}, "AutoencoderKLAllegro"),
-])
-def test_normalise_refuses_what_allegro_does_not_use(change, phrase):
-    with pytest.raises(CheckpointError, match=phrase):
-        normalise_transformer_config({**ORIGINAL_HUB_CONFIG, **change})
-
-
-def test_infer_transformer_config_from_shapes():
-    one_head = dict(num_attention_heads=1, attention_head_dim=96, cross_attention_dim=96)
-    shaped = {k: v for k, v in TINY_DIT.items() if not k.startswith("sample_")}    # sizes are not in the shapes
-    assert infer_transformer_config(allegro_dit(**one_head)) == {**TRANSFORMER_DEFAULTS, **shaped, **one_head,
-                                                                  "ti2v": False}
-    wide_ti2v = add_ti2v_branches(allegro_dit(attention_head_dim=96, cross_attention_dim=192), width=192)
-    wide = infer_transformer_config(wide_ti2v)
-    assert pick(wide, "num_attention_heads", "attention_head_dim", "ti2v") == (2, 96, True)
-    no_bias = infer_transformer_config(allegro_dit(attention_head_dim=96, cross_attention_dim=192, attention_bias=False,
-                                                   caption_channels=64, num_layers=3))
-    assert pick(no_bias, "attention_bias", "caption_channels", "num_layers") == (False, 64, 3)
-
-
-def test_infer_transformer_config_uses_metadata_for_heads_and_scales():
-    metadata = {"config": json.dumps({**ORIGINAL_HUB_CONFIG, "num_attention_heads": 2, "attention_head_dim": 24,
-                                      "num_layers": 2, "caption_channels": 32, "cross_attention_dim": 48,
-                                      "interpolation_scale_t": 1.1, "sample_size": [20, 20], "sample_size_t": 6})}
-    config = infer_transformer_config(allegro_dit(), metadata)
-    assert pick(config, "num_attention_heads", "attention_head_dim", "interpolation_scale_t") == (2, 24, 1.1)
-    assert pick(config, "sample_frames", "sample_height") == (6, 20)
-    nested = {"config": json.dumps({"transformer": json.loads(metadata["config"])})}
-    assert infer_transformer_config(allegro_dit(), nested) == config
-
-
-def test_infer_transformer_config_errors():
-    with pytest.raises(CheckpointError, match="head count cannot be read.*diffusers folder"):
-        infer_transformer_config(allegro_dit())                               # width 48, no metadata
-    wrong = {"config": json.dumps({**ORIGINAL_HUB_CONFIG, "num_attention_heads": 2, "attention_head_dim": 24})}
-    with pytest.raises(CheckpointError, match="num_layers=32 but the tensors say 2"):
-        infer_transformer_config(allegro_dit(), wrong)
-    with pytest.raises(CheckpointError, match="not valid JSON"):
-        infer_transformer_config(allegro_dit(), {"config": "{oops"})
-    with pytest.raises(CheckpointError, match="incomplete Allegro-TI2V.*pos_embed_first_frame"):
-        infer_transformer_config(add_ti2v_branches(allegro_dit(), skip=("pos_embed_first_frame",)))
-    with pytest.raises(CheckpointError, match="Stable Diffusion XL"):
-        infer_transformer_config(SYNTHETIC["sdxl"], source="sdxl.safetensors")
-    gap = {k: v for k, v in allegro_dit(num_layers=3).items() if not k.startswith("transformer_blocks.1.")}
-    with pytest.raises(CheckpointError, match="not numbered"):
-        infer_transformer_config(gap, {"config": json.dumps({**TINY_DIT, "num_layers": 3})})
-
-
-def test_infer_vae_config_from_shapes_and_metadata():
-    from diffusers import AutoencoderKLAllegro
-    odd_flags = dict(TINY_VAE, temporal_downsample_blocks=(False, True, False, True),
-                     temporal_upsample_blocks=(True, False, False, True))
-    for kwargs in (TINY_VAE, odd_flags):
-        with torch.device("meta"):
-            model = AutoencoderKLAllegro(**kwargs)
-        metadata = {"config": json.dumps({"norm_num_groups": 4, "sample_size": 160, "scale_factor": 0.5})}
-        config = infer_vae_config(model.state_dict(), metadata)
-        for key in ("block_out_channels", "layers_per_block", "latent_channels", "temporal_downsample_blocks",
-                    "temporal_upsample_blocks", "norm_num_groups", "sample_size", "in_channels", "out_channels",
-                    "down_block_types", "up_block_types"):
-            as_tuple = lambda v: tuple(v) if isinstance(v, (list, tuple)) else v  # noqa: E731
-            assert as_tuple(config[key]) == as_tuple(model.config[key]), key
-        assert config["scaling_factor"] == 0.5                            # the original's name for it
-        bare = infer_vae_config(model.state_dict())
-        assert pick(bare, "norm_num_groups", "sample_size", "scaling_factor") == (32, 320, 0.13)
-    with pytest.raises(CheckpointError, match="latent_channels=16 but the tensors say 4"):
-        infer_vae_config(model.state_dict(), {"config": json.dumps({"latent_channels": 16})})
-    with pytest.raises(CheckpointError, match="not the Allegro VAE"):
-        infer_vae_config(allegro_dit())
+    assert measure_transformer(header, "allegro_t2v", "dit.safetensors")["num_layers"] == 2

@@ -1,7 +1,7 @@
 """Video-size rules: the reference frame-count rule, and errors that name the allowed values."""
 import pytest
 
-from allegro.geometry import check_video_size, latent_frames
+from allegro.geometry import check_video_size, decoded_frames, latent_frames
 
 
 @pytest.mark.parametrize("frames,expected", [(88, 22), (40, 10), (89, 23), (1, 1), (4, 1), (5, 2), (90, 23)])
@@ -10,6 +10,14 @@ def test_latent_frames_follow_the_reference_rule(frames, expected):
     import math
     reference = math.ceil(frames / 4) if frames % 2 == 0 else math.ceil((frames - 1) / 4) + 1
     assert latent_frames(frames) == reference == expected
+
+
+def test_one_frame_rule_round_trips():
+    """Every length fits in the frames its latent decodes to, with less than one latent frame to spare
+    (the reference crops the decoded video back to n; encoding pads n up the same way)."""
+    for frames in range(1, 200):
+        assert frames <= decoded_frames(latent_frames(frames)) < frames + 4
+    assert latent_frames(decoded_frames(22)) == 22
 
 
 def test_reference_sizes_are_accepted():

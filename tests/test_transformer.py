@@ -6,7 +6,8 @@ from diffusers import AllegroTransformer3DModel
 from diffusers.models.embeddings import apply_rotary_emb_allegro, get_3d_rotary_pos_embed_allegro
 
 from allegro.rope import RotaryEmbedding3D
-from allegro.transformer import AllegroTransformer3D, TransformerConfig
+from allegro.config import transformer_config_from_dict
+from allegro.transformer import AllegroTransformer3D
 
 TINY = dict(num_attention_heads=2, attention_head_dim=24, num_layers=2, cross_attention_dim=48,
             caption_channels=32, in_channels=4, out_channels=4)
@@ -18,7 +19,7 @@ def reference_model(seed=0):
 
 
 def ours_from(reference, **overrides) -> AllegroTransformer3D:
-    model = AllegroTransformer3D(TransformerConfig.from_dict({**dict(reference.config), **overrides})).eval()
+    model = AllegroTransformer3D(transformer_config_from_dict({**dict(reference.config), **overrides})).eval()
     missing, unexpected = model.load_state_dict(reference.state_dict(), strict=False)
     assert not unexpected
     return model, missing
