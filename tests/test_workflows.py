@@ -8,8 +8,8 @@ import json
 
 import pytest
 
-from allegro_harness.runtime import PACKAGE_DIR_NAME, REPO_ROOT
-from allegro_harness.workflow_check import (NOTE_TYPES, RIFE_VFI, THIRD_PARTY_NODE_TYPES, VHS_VIDEO_COMBINE,
+from allegro_devtools.runtime import PACKAGE_DIR_NAME, REPO_ROOT
+from allegro_devtools.workflow_check import (NOTE_TYPES, RIFE_VFI, THIRD_PARTY_NODE_TYPES, VHS_VIDEO_COMBINE,
                                             link_problems, load_workflow, node_types, third_party_types,
                                             unknown_node_types, widget_problems, workflow_paths)
 

@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 
 from .runtime import REPO_ROOT
+from .workflow_api import workflow_to_prompt
 
 WORKFLOW_DIR = REPO_ROOT / "workflows"
 PACKAGE_MODULE = "custom_nodes.ComfyUI-Allegro"     # python_module of this package's nodes in /object_info
@@ -93,7 +94,7 @@ MODEL_FILE_WIDGETS = {
     ("LoadImage", "image"): {"example.png"},
 }
 
-# Tiny-weight runs (tests): names written by tests/tiny_models.py, a size its VAE decodes fully.
+# Tiny-weight runs (tests): names written by random_models.write_all, a size its VAE decodes fully.
 TINY_T2V, TINY_TI2V = "diffusers/Allegro-tiny", "diffusers/Allegro-TI2V-tiny"
 TINY_SIZE = {"width": 240, "height": 240, "length": 24}
 TINY_STEPS = 2
@@ -147,7 +148,6 @@ def widget_spec(spec: list) -> tuple[str, list | None, dict]:
 
 def widget_problems(workflow: dict, object_info: dict) -> list[str]:
     """Every saved widget value that the node's definition would refuse, and every widget without a value."""
-    from scripts.workflow_api import workflow_to_prompt
     definitions = all_definitions(object_info)
     prompt = workflow_to_prompt(workflow, definitions)
     problems = []
