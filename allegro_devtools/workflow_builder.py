@@ -5,7 +5,8 @@ scripts/build_workflows.py describes the shipped workflows with it."""
 import tempfile
 from dataclasses import dataclass, field
 
-from .workflow_check import THIRD_PARTY_DEFS, VHS_H264_WIDGETS, VHS_VIDEO_COMBINE, widget_spec
+from .workflow_api import extension_widgets
+from .workflow_check import THIRD_PARTY_DEFS, VHS_VIDEO_COMBINE, widget_spec
 
 
 @dataclass
@@ -39,6 +40,12 @@ def is_widget(spec: list) -> bool:
     return widget_spec(spec)[0] in ("COMBO", "INT", "FLOAT", "STRING", "BOOLEAN")
 
 
+def added_widgets(node: Node, info: dict) -> list[tuple[str, list]]:
+    """The widgets a front-end extension adds for the node's chosen values (VideoHelperSuite: the format's)."""
+    return [extra for name, spec in ordered_inputs(info) if is_widget(spec)
+            for extra in extension_widgets(spec, node.widgets.get(name, default_value(spec)))]
+
+
 def note_node(node: Node, order: int) -> dict:
     return {"id": node.id, "type": "Note", "pos": list(node.pos), "size": [node.width, 400], "flags": {},
             "order": order, "mode": 0, "properties": {}, "color": "#432", "bgcolor": "#653",
@@ -70,8 +77,8 @@ def build(nodes: list[Node], definitions: dict) -> dict:
             ui_nodes.append(note_node(node, order))
             continue
         info = definitions[node.type]
-        extra = set(VHS_H264_WIDGETS) if node.type == VHS_VIDEO_COMBINE else set()   # added by VHS's web code
-        unknown = set(node.widgets) - {name for name, _ in ordered_inputs(info)} - extra
+        added = added_widgets(node, info)
+        unknown = set(node.widgets) - {name for name, _ in ordered_inputs(info)} - {name for name, _ in added}
         if unknown:
             raise KeyError(f"{node.type} has no widget {sorted(unknown)}")
         inputs, values, height = [], [], 30
@@ -101,7 +108,10 @@ def build(nodes: list[Node], definitions: dict) -> dict:
                    "properties": {"Node name for S&R": node.type}, "widgets_values": values}
         if node.type == VHS_VIDEO_COMBINE:                # VHS saves its widgets by name
             names = [name for name, spec in ordered_inputs(info) if is_widget(spec)]
-            ui_node["widgets_values"] = {**dict(zip(names, values)), **node.widgets}
+            ui_node["widgets_values"] = {**dict(zip(names, values)),
+                                         **{name: node.widgets.get(name, default_value(spec)) for name, spec in added}}
+        elif added:
+            raise NotImplementedError(f"{node.type}: widgets added by an extension, saved as a list")
         if node.title:
             ui_node["title"] = node.title
         ui_nodes.append(ui_node)
