@@ -91,7 +91,7 @@ def allegro_t2v_core_upscale() -> list[Node]:
 
 def allegro_t2v_rife_30fps() -> list[Node]:
     note = ("\n\nNeeds two node packs (ComfyUI Manager can install both):\n"
-            "- ComfyUI-Frame-Interpolation (Fannovel16): 'RIFE VFI', multiplier 2 -> 176 frames; it downloads "
+            "- ComfyUI-Frame-Interpolation (Fannovel16): 'RIFE VFI', multiplier 2: 88 -> 175 frames (2N-1); it downloads "
             "its RIFE checkpoint itself.\n- ComfyUI-VideoHelperSuite (Kosinkadink): 'Video Combine' at 30 fps.")
     rife = Node(9, RIFE_VFI, (1700, 0), {"ckpt_name": "rife47.pth", "multiplier": 2}, {"frames": (8, 0)}, width=340)
     combine = Node(10, VHS_VIDEO_COMBINE, (2080, 0),
