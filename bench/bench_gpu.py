@@ -2,11 +2,11 @@
 architecture and random weights: seconds per step, minutes per 100 steps, achieved TFLOP/s, peak
 VRAM; SDPA backend choice, optional torch.compile, and block swap (only some blocks resident).
 
-    .venv/bin/python bench/bench_gpu.py                       # all blocks resident, auto SDPA
-    .venv/bin/python bench/bench_gpu.py --resident 32 16 8    # block-swap trade-off
-    .venv/bin/python bench/bench_gpu.py --compile --backend flash cudnn
-    .venv/bin/python bench/bench_gpu.py --vae                 # + tiled VAE decode of the full latent
-    .venv/bin/python bench/bench_gpu.py --step-cache 0.05 0.1 0.2 --cache-steps 30   # step cache: speed-up, PSNR
+    .venv/bin/python -m bench.bench_gpu                       # all blocks resident, auto SDPA
+    .venv/bin/python -m bench.bench_gpu --resident 32 16 8    # block-swap trade-off
+    .venv/bin/python -m bench.bench_gpu --compile --backend flash cudnn
+    .venv/bin/python -m bench.bench_gpu --vae                 # + tiled VAE decode of the full latent
+    .venv/bin/python -m bench.bench_gpu --step-cache 0.05 0.1 0.2 --cache-steps 30   # step cache: speed-up, PSNR
 
 Prints a markdown table (with the device name) ready for bench/RESULTS.md.
 """
@@ -15,15 +15,14 @@ import contextlib
 import statistics
 import sys
 import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from allegro.block_swap import BlockSwap                      # noqa: E402
-from allegro.schedule import linspace_schedule, training_sigmas   # noqa: E402
-from allegro.step_cache import StepCache                      # noqa: E402
-from allegro.transformer import AllegroTransformer3D, TransformerConfig   # noqa: E402
+from allegro.block_swap import BlockSwap
+from allegro.schedule import linspace_schedule, training_sigmas
+from allegro.step_cache import StepCache
+from allegro.transformer import AllegroTransformer3D, TransformerConfig
+from bench.timing import command_line
 
 LATENT = (22, 90, 160)          # 88 frames, 720 x 1280
 TEXT_TOKENS = 512
@@ -189,7 +188,7 @@ def main():
     parser.add_argument("--cache-steps", type=int, default=30, help="sampling steps of the step-cache comparison")
     args = parser.parse_args()
     if not torch.cuda.is_available():
-        print("bench_gpu.py needs a CUDA GPU (none found); see bench/RESULTS.md for measured figures.")
+        print("bench.bench_gpu needs a CUDA GPU (none found); see bench/RESULTS.md for measured figures.")
         return 2
     device = torch.device("cuda")
     rows, flops = bench_dit(args, device)
@@ -197,7 +196,7 @@ def main():
         rows += bench_vae(args, device)
     print(f"Device: {torch.cuda.get_device_name(device)}, torch {torch.__version__}; "
           f"one CFG step = {flops / 1e15:.2f} PFLOP")
-    print(f"Command: {' '.join(sys.argv)}\n")
+    print(f"Command: {command_line()}\n")
     print("| what | SDPA | compile | s/step | min/100 steps | TFLOP/s | peak VRAM GiB |")
     print("|---|---|---|---|---|---|---|")
     for what, backend, compiled, seconds, minutes, tflops, vram in rows:

@@ -10,17 +10,18 @@ Each mode runs in a fresh process (CPU):
   cache-none     `--cache-none`: outputs are dropped once their consumers ran, so the T5 loader's CLIP
                  (and its RAM) goes as soon as the text is encoded.
 
-    .venv/bin/python bench/bench_memory.py                                       # medium model (~2.6 GB fp32)
-    .venv/bin/python bench/bench_memory.py --size tiny --video 8x64x64           # smoke
+    .venv/bin/python -m bench.bench_memory                                       # medium model (~2.6 GB fp32)
+    .venv/bin/python -m bench.bench_memory --size tiny --video 8x64x64           # smoke
 """
 import argparse
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import bench_models  # noqa: E402
-from bench_vae_decode import parse_size  # noqa: E402
-from timing import AnonPeak, child_result, current_rss, gib, markdown_table, peak_rss, report, reset_peak_rss, run_child  # noqa: E402
+from allegro_devtools.random_models import SIZES, weight_bytes
+from bench import common
+from bench.bench_vae_decode import parse_size
+from bench.timing import (AnonPeak, child_result, current_rss, gib, markdown_table, peak_rss, report, reset_peak_rss,
+                          run_child)
 
 MODES = ("classic", "classic-short", "cache-none")
 NODE_LABELS = {"t5": "Load Allegro T5", "text": "Allegro Text Encode", "dit": "Load Allegro Model",
@@ -55,8 +56,8 @@ def loaded_models(model_management) -> list[str]:
 
 def child(args):
     import psutil
-    folder = bench_models.write_pipeline(args.size, Path(args.out_dir))
-    runtime = bench_models.boot_comfy(Path(args.out_dir))
+    folder = common.write_pipeline(args.size, Path(args.out_dir))
+    runtime = common.boot_comfy(Path(args.out_dir))
     mm, execution = runtime.model_management, runtime.execution
     if args.child == "cache-none":
         runtime.executor = execution.PromptExecutor(runtime.server, cache_type=execution.CacheType.NONE,
@@ -83,29 +84,29 @@ def child(args):
         result = runtime.run(t2v_graph("diffusers/" + folder.name, args.video, args.steps), targets=["decode"])
     if result.status != "success":
         raise RuntimeError(f"the graph failed: {result.error}")
-    weights = {name: bench_models.weight_bytes(folder / name) for name in ("text_encoder", "transformer", "vae")}
+    weights = {name: weight_bytes(folder / name) for name in ("text_encoder", "transformer", "vae")}
     child_result({"stages": stages, "baseline": baseline, "weights": weights, "unloaded_when_short": unloaded})
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--size", choices=list(bench_models.SIZES), default="medium", help="model size")
+    parser.add_argument("--size", choices=list(SIZES), default="medium", help="model size")
     parser.add_argument("--video", type=parse_size, default=(16, 128, 128), help="FRAMESxHEIGHTxWIDTH in pixels")
     parser.add_argument("--steps", type=int, default=2)
     parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
-    parser.add_argument("--out-dir", default=str(bench_models.DEFAULT_OUT))
+    parser.add_argument("--out-dir", default=str(common.DEFAULT_OUT))
     parser.add_argument("--markdown", help="also write the report here")
     parser.add_argument("--child", choices=MODES, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         return child(args)
 
-    bench_models.write_pipeline(args.size, Path(args.out_dir))           # once, before the children read it
-    common = ["--size", args.size, "--video", "x".join(map(str, args.video)), "--steps", str(args.steps),
+    common.write_pipeline(args.size, Path(args.out_dir))           # once, before the children read it
+    child_args = ["--size", args.size, "--video", "x".join(map(str, args.video)), "--steps", str(args.steps),
               "--out-dir", args.out_dir]
     body = []
     for mode in args.modes:
-        result = run_child(Path(__file__), common + ["--child", mode])
+        result = run_child(__spec__.name, child_args + ["--child", mode])
         weights = result["weights"]
         rows = [[NODE_LABELS.get(s["node"], s["node"]), gib(s["rss"]), gib(s["peak"]), gib(s["anon_peak"]),
                  ", ".join(s["loaded"]) or "none"] for s in result["stages"]]
@@ -119,7 +120,7 @@ def main():
                     f"{', '.join(result['unloaded_when_short']) or 'nothing'}." if mode == "classic-short" else ""),
                  markdown_table(["after node", "RSS GiB", "peak RSS during node GiB", "peak anonymous during node GiB",
                                  "loaded in ComfyUI's model management"], rows)]
-    transformer, t5, _ = bench_models.SIZES[args.size]
+    transformer, t5 = SIZES[args.size].transformer, SIZES[args.size].t5
     intro = (f"Model '{args.size}' (fp32, random weights: DiT width "
              f"{transformer['num_attention_heads'] * transformer['attention_head_dim']}, "
              f"{transformer['num_layers']} blocks; T5 width {t5['d_model']}, {t5['num_layers']} blocks), video "

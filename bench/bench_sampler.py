@@ -8,8 +8,8 @@ The node's model calls ComfyUI's configured attention, except that on CPU, where
 flags picks its chunked sub-quadratic attention, it calls PyTorch SDPA (as diffusers does). A third
 row forces the sub-quadratic attention to show what that choice is worth.
 
-    .venv/bin/python bench/bench_sampler.py                  # reduced model (width 384, 4 layers), 16x256x256
-    .venv/bin/python bench/bench_sampler.py --size tiny --video 8x64x64 --steps 3 --reps 1 --warmup 0   # smoke
+    .venv/bin/python -m bench.bench_sampler                  # reduced model (width 384, 4 layers), 16x256x256
+    .venv/bin/python -m bench.bench_sampler --size tiny --video 8x64x64 --steps 3 --reps 1 --warmup 0   # smoke
 """
 import argparse
 import statistics
@@ -19,10 +19,10 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import bench_models  # noqa: E402
-from bench_vae_decode import parse_size  # noqa: E402
-from timing import alternate, markdown_table, median, report  # noqa: E402
+from allegro_devtools.random_models import SIZES
+from bench import common
+from bench.bench_vae_decode import parse_size
+from bench.timing import alternate, markdown_table, median, report
 
 PROMPT = "A red fox runs through fresh snow at dawn, cinematic lighting."
 NEGATIVE = "blurry, low quality, watermark"
@@ -48,12 +48,12 @@ class StepClock:
 def package_runner(runtime, choice: str, video, steps: int):
     """A job running the AllegroSampler node; returns (job, its MODEL, last latent holder)."""
     import comfy.utils
-    t5 = bench_models.node(runtime, "AllegroT5Loader").load(choice, "fp32")[0]
-    positive, negative = bench_models.node(runtime, "AllegroTextEncode").encode(t5, PROMPT, NEGATIVE, False, False)
-    model = bench_models.node(runtime, "AllegroModelLoader").load(choice, "fp32")[0]
+    t5 = common.node(runtime, "AllegroT5Loader").load(choice, "fp32")[0]
+    positive, negative = common.node(runtime, "AllegroTextEncode").encode(t5, PROMPT, NEGATIVE, False, False)
+    model = common.node(runtime, "AllegroModelLoader").load(choice, "fp32")[0]
     frames, height, width = video
-    latent = bench_models.node(runtime, "AllegroEmptyLatentVideo").generate(width, height, frames, 1)[0]
-    sampler, last = bench_models.node(runtime, "AllegroSampler"), {}
+    latent = common.node(runtime, "AllegroEmptyLatentVideo").generate(width, height, frames, 1)[0]
+    sampler, last = common.node(runtime, "AllegroSampler"), {}
 
     def job():
         clock = StepClock()
@@ -109,19 +109,19 @@ def with_attention(model, function):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--size", choices=list(bench_models.SIZES), default="reduced", help="model size")
+    parser.add_argument("--size", choices=list(SIZES), default="reduced", help="model size")
     parser.add_argument("--video", type=parse_size, default=(16, 256, 256), help="FRAMESxHEIGHTxWIDTH in pixels")
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=1)
-    parser.add_argument("--out-dir", default=str(bench_models.DEFAULT_OUT))
+    parser.add_argument("--out-dir", default=str(common.DEFAULT_OUT))
     parser.add_argument("--markdown", help="also write the report here")
     args = parser.parse_args()
     if args.steps < 2:
         parser.error("--steps must be at least 2 (per-step time is the gap between step ends)")
 
-    folder = bench_models.write_pipeline(args.size, Path(args.out_dir))
-    runtime = bench_models.boot_comfy(Path(args.out_dir))
+    folder = common.write_pipeline(args.size, Path(args.out_dir))
+    runtime = common.boot_comfy(Path(args.out_dir))
     import comfy.ldm.modules.attention as attention
     ours, model, ours_last = package_runner(runtime, "diffusers/" + folder.name, args.video, args.steps)
     theirs, theirs_last = diffusers_runner(folder, args.video, args.steps)
@@ -136,7 +136,7 @@ def main():
             for name, r in results.items()]
     difference = (ours_last["latent"].float() - theirs_last["latent"].float()).abs().max().item()
     scale = theirs_last["latent"].float().abs().max().item()
-    transformer, t5, _ = bench_models.SIZES[args.size]
+    transformer, t5 = SIZES[args.size].transformer, SIZES[args.size].t5
     width = transformer["num_attention_heads"] * transformer["attention_head_dim"]
     latent = [1, 4, args.video[0] // 4, args.video[1] // 8, args.video[2] // 8]
     tokens = latent[2] * latent[3] * latent[4] // 4

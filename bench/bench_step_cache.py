@@ -8,8 +8,8 @@ change differently from step to step than a trained model's would, so which step
 the PSNR) is indicative only; the speed-up follows from the number of skipped steps. The last row,
 an uncached run from another seed, shows what PSNR a wholly different video gets.
 
-    .venv/bin/python bench/bench_step_cache.py                     # reduced model, 16x256x256, 30 steps
-    .venv/bin/python bench/bench_step_cache.py --size tiny --video 8x64x64 --steps 8 --reps 1 --warmup 0   # smoke
+    .venv/bin/python -m bench.bench_step_cache                     # reduced model, 16x256x256, 30 steps
+    .venv/bin/python -m bench.bench_step_cache --size tiny --video 8x64x64 --steps 8 --reps 1 --warmup 0   # smoke
 """
 import argparse
 import math
@@ -19,11 +19,11 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import bench_models  # noqa: E402
-from bench_sampler import CFG, NEGATIVE, PROMPT, SCHEDULER, SEED  # noqa: E402
-from bench_vae_decode import parse_size  # noqa: E402
-from timing import alternate, markdown_table, median, report  # noqa: E402
+from allegro_devtools.random_models import SIZES
+from bench import common
+from bench.bench_sampler import CFG, NEGATIVE, PROMPT, SCHEDULER, SEED
+from bench.bench_vae_decode import parse_size
+from bench.timing import alternate, markdown_table, median, report
 
 OPTION = "allegro_step_cache"           # the node's key in transformer_options
 
@@ -35,27 +35,27 @@ def psnr(value: torch.Tensor, reference: torch.Tensor, peak: float) -> float:
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--size", choices=list(bench_models.SIZES), default="reduced", help="model size")
+    parser.add_argument("--size", choices=list(SIZES), default="reduced", help="model size")
     parser.add_argument("--video", type=parse_size, default=(16, 256, 256), help="FRAMESxHEIGHTxWIDTH in pixels")
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--thresholds", type=float, nargs="+", default=[0.05, 0.1, 0.2],
                         help="the node's threshold (start 0.1 and end 0.9, its defaults)")
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=1)
-    parser.add_argument("--out-dir", default=str(bench_models.DEFAULT_OUT))
+    parser.add_argument("--out-dir", default=str(common.DEFAULT_OUT))
     parser.add_argument("--markdown", help="also write the report here")
     args = parser.parse_args()
 
-    folder = bench_models.write_pipeline(args.size, Path(args.out_dir))
-    runtime = bench_models.boot_comfy(Path(args.out_dir))
+    folder = common.write_pipeline(args.size, Path(args.out_dir))
+    runtime = common.boot_comfy(Path(args.out_dir))
     choice = "diffusers/" + folder.name
-    t5 = bench_models.node(runtime, "AllegroT5Loader").load(choice, "fp32")[0]
-    positive, negative = bench_models.node(runtime, "AllegroTextEncode").encode(t5, PROMPT, NEGATIVE, False, False)
-    model = bench_models.node(runtime, "AllegroModelLoader").load(choice, "fp32")[0]
-    vae = bench_models.node(runtime, "AllegroVAELoader").load(choice, "fp32")[0]
+    t5 = common.node(runtime, "AllegroT5Loader").load(choice, "fp32")[0]
+    positive, negative = common.node(runtime, "AllegroTextEncode").encode(t5, PROMPT, NEGATIVE, False, False)
+    model = common.node(runtime, "AllegroModelLoader").load(choice, "fp32")[0]
+    vae = common.node(runtime, "AllegroVAELoader").load(choice, "fp32")[0]
     frames, height, width = args.video
-    latent = bench_models.node(runtime, "AllegroEmptyLatentVideo").generate(width, height, frames, 1)[0]
-    sampler, cache_node = bench_models.node(runtime, "AllegroSampler"), bench_models.node(runtime, "AllegroStepCache")
+    latent = common.node(runtime, "AllegroEmptyLatentVideo").generate(width, height, frames, 1)[0]
+    sampler, cache_node = common.node(runtime, "AllegroSampler"), common.node(runtime, "AllegroStepCache")
 
     settings = {"no cache": model}
     settings.update({f"threshold {t:g}": cache_node.patch(model, t, 0.1, 0.9)[0] for t in args.thresholds})
@@ -82,7 +82,7 @@ def main():
         outputs["other seed"] = sampler.sample(model, positive, negative, latent, SEED + 1, args.steps, CFG,
                                                "euler_ancestral", SCHEDULER, "reference", 1.0)[0]
 
-    decode = bench_models.node(runtime, "AllegroVAEDecode")
+    decode = common.node(runtime, "AllegroVAEDecode")
     with torch.inference_mode():
         frames_out = {name: decode.decode(out, vae)[0] for name, out in outputs.items()}
     reference_latent, reference_frames = outputs["no cache"]["samples"], frames_out["no cache"]
@@ -98,7 +98,7 @@ def main():
                      f"{reference_seconds / median(results[name]):.2f}x" if timed else "-",
                      f"{psnr(frames_out[name], reference_frames, 1.0):.1f}",
                      f"{psnr(outputs[name]['samples'], reference_latent, latent_peak):.1f}"])
-    transformer, _, _ = bench_models.SIZES[args.size]
+    transformer = SIZES[args.size].transformer
     body = [f"Model '{args.size}' (DiT width {transformer['num_attention_heads'] * transformer['attention_head_dim']}, "
             f"{transformer['num_layers']} blocks, fp32, random weights), video {'x'.join(map(str, args.video))}, "
             f"{args.steps} steps Euler ancestral, CFG {CFG}; the node's start 0.1 / end 0.9. Sampling time only "

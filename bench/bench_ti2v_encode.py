@@ -7,8 +7,8 @@ First frame only, and first + last frame. Each job runs in its own fresh subproc
 time, peak RSS, encoder runs, and the max abs difference of the two latents (the shortcut is exact:
 ~1e-6 is float rounding). Reduced-channel VAE, released architecture and tile geometry, fp32 CPU.
 
-    .venv/bin/python bench/bench_ti2v_encode.py                      # full size, 1 rep (~25 min)
-    .venv/bin/python bench/bench_ti2v_encode.py --size 24x240x240 --sample-size 240 --channels 4,8,8,8 --modes first+last --reps 1  # smoke
+    .venv/bin/python -m bench.bench_ti2v_encode                      # full size, 1 rep (~25 min)
+    .venv/bin/python -m bench.bench_ti2v_encode --size 24x240x240 --sample-size 240 --channels 4,8,8,8 --modes first+last --reps 1  # smoke
 
 The reference encodes all 75 tiles (~6 min per run on 2 cores), so the default is 1 rep.
 """
@@ -20,10 +20,9 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import bench_models  # noqa: E402  (also puts the repository root on sys.path)
-from bench_vae_decode import parse_size  # noqa: E402
-from timing import alternate, child_result, gib, markdown_table, measure, median, report, run_child  # noqa: E402
+from bench import common
+from bench.bench_vae_decode import parse_size
+from bench.timing import alternate, child_result, gib, markdown_table, measure, median, report, run_child
 
 MODES = {"first": "first frame", "first+last": "first + last frame"}
 IMPLEMENTATIONS = ("ours", "reference")
@@ -82,7 +81,7 @@ def main():
     parser.add_argument("--reps", type=int, default=1)
     parser.add_argument("--warmup", type=int, default=0)
     parser.add_argument("--modes", nargs="+", choices=list(MODES), default=list(MODES))
-    bench_models.add_reduced_vae_arguments(parser)
+    common.add_reduced_vae_arguments(parser)
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     Path(args.out_dir).mkdir(parents=True, exist_ok=True)
@@ -90,8 +89,8 @@ def main():
         return child(args)
 
     size_arg = "x".join(map(str, args.size))
-    common = bench_models.child_arguments(args)
-    jobs = {f"{implementation}:{mode}": (lambda job=f"{implementation}:{mode}": run_child(Path(__file__), common + ["--child", job]))
+    child_args = common.child_arguments(args)
+    jobs = {f"{implementation}:{mode}": (lambda job=f"{implementation}:{mode}": run_child(__spec__.name, child_args + ["--child", job]))
             for mode in args.modes for implementation in IMPLEMENTATIONS}
     results = alternate(jobs, args.reps, args.warmup)
 

@@ -7,9 +7,9 @@ The VAE has the released architecture and tile geometry (24 x 320 x 320 pixel ti
 subprocess, alternating, so its peak RSS is its own. "Holes" are output pixels never written
 (exactly 0 in every channel): diffusers places no tile past its last whole stride.
 
-    .venv/bin/python bench/bench_vae_decode.py                          # full size, 2 reps (~35 min)
-    .venv/bin/python bench/bench_vae_decode.py --size 40x480x640 --reps 1   # a size diffusers leaves holes at
-    .venv/bin/python bench/bench_vae_decode.py --size 24x240x320 --sample-size 240 --channels 4,8,8,8 --reps 1  # smoke
+    .venv/bin/python -m bench.bench_vae_decode                          # full size, 2 reps (~35 min)
+    .venv/bin/python -m bench.bench_vae_decode --size 40x480x640 --reps 1   # a size diffusers leaves holes at
+    .venv/bin/python -m bench.bench_vae_decode --size 24x240x320 --sample-size 240 --channels 4,8,8,8 --reps 1  # smoke
 
 Full size takes ~5-8 min per decode on 2 cores, so the default is 2 reps (3 would pass 25 min).
 """
@@ -21,9 +21,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import bench_models  # noqa: E402  (also puts the repository root on sys.path)
-from timing import alternate, child_result, gib, markdown_table, measure, median, report, run_child  # noqa: E402
+from bench import common
+from bench.timing import alternate, child_result, gib, markdown_table, measure, median, report, run_child
 
 JOBS = ("ours", "diffusers")
 
@@ -81,7 +80,7 @@ def main():
     parser.add_argument("--size", type=parse_size, default=(88, 720, 1280), help="FRAMESxHEIGHTxWIDTH in pixels")
     parser.add_argument("--reps", type=int, default=2)
     parser.add_argument("--warmup", type=int, default=0, help="unrecorded rounds (each decode is a fresh process)")
-    bench_models.add_reduced_vae_arguments(parser)
+    common.add_reduced_vae_arguments(parser)
     parser.add_argument("--child", choices=JOBS, help=argparse.SUPPRESS)
     args = parser.parse_args()
     Path(args.out_dir).mkdir(parents=True, exist_ok=True)
@@ -89,8 +88,8 @@ def main():
         return child(args)
 
     size_arg = "x".join(map(str, args.size))
-    common = bench_models.child_arguments(args)
-    jobs = {name: (lambda name=name: run_child(Path(__file__), common + ["--child", name])) for name in JOBS}
+    child_args = common.child_arguments(args)
+    jobs = {name: (lambda name=name: run_child(__spec__.name, child_args + ["--child", name])) for name in JOBS}
     results = alternate(jobs, args.reps, args.warmup)
     ours, theirs = (load_file(Path(args.out_dir) / f"vae_decode_{name}.safetensors")["video"] for name in JOBS)
     scale = theirs.abs().max().item()

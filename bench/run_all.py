@@ -1,12 +1,12 @@
 """Run the CPU benchmarks and write their tables into bench/RESULTS.md (`make bench`).
 
-    .venv/bin/python bench/run_all.py                          # full settings (~1.5 h on 2 cores) → bench/RESULTS.md
-    .venv/bin/python bench/run_all.py --only sampler memory    # re-run some; the other sections are kept
-    .venv/bin/python bench/run_all.py --quick                  # smoke settings (~2 min) → bench/out/RESULTS-quick.md
+    .venv/bin/python -m bench.run_all                          # full settings (~1.5 h on 2 cores) → bench/RESULTS.md
+    .venv/bin/python -m bench.run_all --only sampler memory    # re-run some; the other sections are kept
+    .venv/bin/python -m bench.run_all --quick                  # smoke settings (~2 min) → bench/out/RESULTS-quick.md
 
 Each benchmark runs as its own process and writes its report (tables + the exact command); this
 script puts them between markers in the results file, so one section can be refreshed alone.
-GPU figures come from bench/bench_gpu.py on a machine with a CUDA GPU.
+GPU figures come from `python -m bench.bench_gpu` on a machine with a CUDA GPU.
 """
 import argparse
 import datetime
@@ -15,48 +15,48 @@ import subprocess
 import sys
 from pathlib import Path
 
-BENCH = Path(__file__).resolve().parent
-sys.path.insert(0, str(BENCH))
-from timing import machine  # noqa: E402
+from bench.timing import REPO_ROOT, machine
+
+BENCH = REPO_ROOT / "bench"
 
 # Smoke runs: 240-px tiles (the smallest diffusers blends correctly) and fewer channels.
 SMALL_VAE = ["--sample-size", "240", "--channels", "4,8,8,8"]
-# name → (script, full-size arguments, smoke arguments); the smoke tests run the smoke arguments.
+# name → (module, full-size arguments, smoke arguments); the smoke tests run the smoke arguments.
 BENCHES = {
-    "sampler": ("bench_sampler.py", ["--video", "40x256x256"],
+    "sampler": ("bench.bench_sampler", ["--video", "40x256x256"],
                 ["--size", "tiny", "--video", "8x64x64", "--steps", "3", "--reps", "1", "--warmup", "0"]),
-    "step_cache": ("bench_step_cache.py", [],
+    "step_cache": ("bench.bench_step_cache", [],
                    ["--size", "tiny", "--video", "8x64x64", "--steps", "8", "--reps", "1", "--warmup", "0"]),
-    "vae_decode": ("bench_vae_decode.py", [], SMALL_VAE + ["--size", "24x240x320", "--reps", "1"]),
-    "vae_decode_uneven": ("bench_vae_decode.py", ["--size", "40x480x640"], SMALL_VAE + ["--size", "24x240x320", "--reps", "1"]),
-    "ti2v_encode": ("bench_ti2v_encode.py", [], SMALL_VAE + ["--size", "24x240x240", "--modes", "first+last", "--reps", "1"]),
-    "memory": ("bench_memory.py", [], ["--size", "tiny", "--video", "8x64x64", "--modes", "classic-short", "cache-none"]),
+    "vae_decode": ("bench.bench_vae_decode", [], SMALL_VAE + ["--size", "24x240x320", "--reps", "1"]),
+    "vae_decode_uneven": ("bench.bench_vae_decode", ["--size", "40x480x640"], SMALL_VAE + ["--size", "24x240x320", "--reps", "1"]),
+    "ti2v_encode": ("bench.bench_ti2v_encode", [], SMALL_VAE + ["--size", "24x240x240", "--modes", "first+last", "--reps", "1"]),
+    "memory": ("bench.bench_memory", [], ["--size", "tiny", "--video", "8x64x64", "--modes", "classic-short", "cache-none"]),
 }
 MARK = "<!-- bench:{} -->"
 END = "<!-- /bench:{} -->"
 GPU_SECTION = """## GPU
 
 No GPU was lent to the session that measured the CPU figures above, so there are no GPU numbers
-here yet. On a machine with a CUDA GPU, `bench/bench_gpu.py` measures the full-size model (32
+here yet. On a machine with a CUDA GPU, `python -m bench.bench_gpu` measures the full-size model (32
 blocks, width 2304, 88 x 720 x 1280 = 79,200 tokens, CFG batch 2, bf16, random weights): seconds
 per step, minutes per 100 steps, TFLOP/s and peak VRAM, and prints a table for this section:
 
-    .venv/bin/python bench/bench_gpu.py                       # all blocks resident, auto SDPA backend
-    .venv/bin/python bench/bench_gpu.py --resident 32 16 8    # block swap: VRAM vs speed
-    .venv/bin/python bench/bench_gpu.py --backend flash cudnn --compile
-    .venv/bin/python bench/bench_gpu.py --vae                 # + tiled VAE decode of the full latent
-    .venv/bin/python bench/bench_gpu.py --step-cache 0.05 0.1 0.2   # step cache: speed-up and PSNR, real architecture
+    .venv/bin/python -m bench.bench_gpu                       # all blocks resident, auto SDPA backend
+    .venv/bin/python -m bench.bench_gpu --resident 32 16 8    # block swap: VRAM vs speed
+    .venv/bin/python -m bench.bench_gpu --backend flash cudnn --compile
+    .venv/bin/python -m bench.bench_gpu --vae                 # + tiled VAE decode of the full latent
+    .venv/bin/python -m bench.bench_gpu --step-cache 0.05 0.1 0.2   # step cache: speed-up and PSNR, real architecture
 """
 
 
 def run_bench(name: str, quick: bool, out_dir: Path) -> str:
-    script, full, smoke = BENCHES[name]
+    module, full, smoke = BENCHES[name]
     markdown = out_dir / "results" / f"{name}.md"
     markdown.unlink(missing_ok=True)
-    command = [sys.executable, str(BENCH / script), *(smoke if quick else full), "--out-dir", str(out_dir),
+    command = [sys.executable, "-m", module, *(smoke if quick else full), "--out-dir", str(out_dir),
                "--markdown", str(markdown)]
     print(f"== {name}: {' '.join(command)}", flush=True)
-    subprocess.run(command, check=True, cwd=BENCH.parent)
+    subprocess.run(command, check=True, cwd=REPO_ROOT)
     # The out-dir and markdown arguments only say where scratch files go: leave them out of the record.
     text = markdown.read_text()
     return re.sub(r" --out-dir \S+ --markdown \S+`", "`", text)
@@ -75,7 +75,7 @@ def assemble(path: Path, sections: dict[str, str], quick: bool) -> str:
     parts = ["# Benchmark results", "",
              f"CPU figures: {machine()}. Last updated {stamp}"
              + (" with --quick (smoke settings: not meaningful numbers)." if quick else "."),
-             "Reproduce all: `.venv/bin/python bench/run_all.py` (or `make bench`); each table gives its own "
+             "Reproduce all: `.venv/bin/python -m bench.run_all` (or `make bench`); each table gives its own "
              "command. Timed jobs alternate (A, B, A, B, ...) and the medians are reported, because other "
              "work shares this machine; ratios are the robust figures, absolute seconds are noisy.", "",
              "## CPU", ""]

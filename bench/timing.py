@@ -110,13 +110,13 @@ class AnonPeak:
         return peak
 
 
-def run_child(script: Path, args: list[str]) -> dict:
-    """Run `python script *args` in a fresh process; return the JSON it printed with `child_result`,
-    plus "process_peak_rss": the child's whole-life peak RSS (ru_maxrss from wait4)."""
+def run_child(module: str, args: list[str]) -> dict:
+    """Run `python -m module *args` from the repository root in a fresh process; return the JSON it printed
+    with `child_result`, plus "process_peak_rss": the child's whole-life peak RSS (ru_maxrss from wait4)."""
     import tempfile
-    command = [sys.executable, str(script), *args]
+    command = [sys.executable, "-m", module, *args]
     with tempfile.TemporaryFile("w+") as stdout, tempfile.TemporaryFile("w+") as stderr:
-        process = subprocess.Popen(command, stdout=stdout, stderr=stderr, text=True)
+        process = subprocess.Popen(command, stdout=stdout, stderr=stderr, text=True, cwd=REPO_ROOT)
         _, status, usage = os.wait4(process.pid, 0)         # wait4: this child's own rusage
         process.returncode = os.waitstatus_to_exitcode(status)
         stdout.seek(0), stderr.seek(0)
@@ -164,9 +164,8 @@ def command_line() -> str:
         python = python.relative_to(REPO_ROOT) if python.is_relative_to(REPO_ROOT) else Path(sys.executable)
     except ValueError:
         pass
-    script = Path(sys.argv[0]).resolve()
-    script = script.relative_to(REPO_ROOT) if script.is_relative_to(REPO_ROOT) else script
-    return " ".join(shlex.quote(str(part)) for part in [python, script, *sys.argv[1:]])
+    main = sys.modules["__main__"].__spec__           # run as `python -m bench.<name>`
+    return " ".join(shlex.quote(str(part)) for part in [python, "-m", main.name, *sys.argv[1:]])
 
 
 def machine() -> str:

@@ -1,23 +1,17 @@
 """Write the UI-format workflows in workflows/ from the short descriptions below.
 
-    .venv/bin/python scripts/build_workflows.py          # rewrites workflows/*.json
+    .venv/bin/python -m scripts.build_workflows          # from the repository root; rewrites workflows/*.json
 
 Widget order, defaults, input and output types come from a live ComfyUI's /object_info (this package
-and core) and, for the two third-party nodes, from tests/allegro_harness/workflow_check.py, so a
-saved workflow is exactly what the front-end would save for the same graph. tests/test_workflows.py
-checks the committed files against the same definitions.
+and core) and, for the two third-party nodes, from allegro_devtools/workflow_check.py, so a saved
+workflow is exactly what the front-end would save for the same graph (allegro_devtools.workflow_builder).
+tests/test_workflows.py checks the committed files against the same definitions.
 """
 import json
-import sys
-import tempfile
-from dataclasses import dataclass, field
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO / "tests"), str(REPO)]
-
-from allegro_harness.workflow_check import (RIFE_VFI, THIRD_PARTY_DEFS, VHS_H264_WIDGETS,   # noqa: E402
-                                            VHS_VIDEO_COMBINE, WORKFLOW_DIR, widget_spec)
+from allegro_devtools.runtime import REPO_ROOT as REPO
+from allegro_devtools.workflow_builder import Node, build, live_definitions
+from allegro_devtools.workflow_check import RIFE_VFI, VHS_VIDEO_COMBINE, WORKFLOW_DIR
 
 PROMPT = ("A red fox trots through fresh snow in a quiet pine forest at dawn. Soft golden light falls between the "
           "trunks, snowflakes drift down, and the fox stops, lifts its head and looks toward the camera. "
@@ -39,103 +33,6 @@ Single .safetensors files also work: the DiT in models/diffusion_models/, the VA
 
 Memory: bf16 DiT 5.5 GB; 88x720x1280 takes long (about 10-20 min per video on an H100).
 Lower width/height/length in the latent node for quick tries (multiples of 16; frames 4k or 4k+1)."""
-
-
-@dataclass
-class Node:
-    id: int
-    type: str
-    pos: tuple[int, int]
-    widgets: dict = field(default_factory=dict)     # widget name -> value (others: the definition's default)
-    links: dict = field(default_factory=dict)       # input name -> (source node id, output slot)
-    title: str | None = None
-    width: int = 360
-    text: str | None = None                          # Note nodes
-
-
-def default_value(spec: list):
-    kind, choices, options = widget_spec(spec)
-    if "default" in options:
-        return options["default"]
-    if kind == "COMBO":
-        return choices[0] if choices else ""
-    return {"INT": 0, "FLOAT": 0.0, "STRING": "", "BOOLEAN": False}[kind]
-
-
-def ordered_inputs(info: dict) -> list[tuple[str, list]]:
-    order = info.get("input_order") or {s: list(info["input"].get(s, {})) for s in ("required", "optional")}
-    return [(name, info["input"][section][name]) for section in ("required", "optional")
-            for name in order.get(section, [])]
-
-
-def is_widget(spec: list) -> bool:
-    return widget_spec(spec)[0] in ("COMBO", "INT", "FLOAT", "STRING", "BOOLEAN")
-
-
-def build(nodes: list[Node], definitions: dict) -> dict:
-    by_id = {node.id: node for node in nodes}
-    links, ui_nodes = [], []
-    outgoing: dict[tuple[int, int], list[int]] = {}     # (node, output slot) -> link ids
-    incoming: dict[tuple[int, str], int] = {}           # (node, input name) -> link id
-    socket_index: dict[tuple[int, str], int] = {}
-    # Sockets first, so that links can name the target slot.
-    for node in nodes:
-        if node.text is not None:
-            continue
-        slots = [name for name, spec in ordered_inputs(definitions[node.type])
-                 if not is_widget(spec) or name in node.links]
-        socket_index.update({(node.id, name): i for i, name in enumerate(slots)})
-    for node in nodes:
-        for name, (source, slot) in node.links.items():
-            link_type = definitions[by_id[source].type]["output"][slot]
-            link_id = len(links) + 1
-            links.append([link_id, source, slot, node.id, socket_index[(node.id, name)], link_type])
-            outgoing.setdefault((source, slot), []).append(link_id)
-            incoming[(node.id, name)] = link_id
-    for order, node in enumerate(nodes):
-        if node.text is not None:
-            ui_nodes.append({"id": node.id, "type": "Note", "pos": list(node.pos), "size": [node.width, 400],
-                             "flags": {}, "order": order, "mode": 0, "properties": {}, "color": "#432",
-                             "bgcolor": "#653", "title": node.title or "Note", "widgets_values": [node.text]})
-            continue
-        info = definitions[node.type]
-        extra = set(VHS_H264_WIDGETS) if node.type == VHS_VIDEO_COMBINE else set()   # added by VHS's web code
-        unknown = set(node.widgets) - {name for name, _ in ordered_inputs(info)} - extra
-        if unknown:
-            raise KeyError(f"{node.type} has no widget {sorted(unknown)}")
-        inputs, values, height = [], [], 30
-        for name, spec in ordered_inputs(info):
-            if name in node.links:
-                entry = {"name": name, "type": widget_spec(spec)[0] if is_widget(spec) else spec[0],
-                         "link": incoming[(node.id, name)]}
-                if is_widget(spec):
-                    entry["widget"] = {"name": name}
-                inputs.append(entry)
-            if not is_widget(spec):
-                if name not in node.links:
-                    inputs.append({"name": name, "type": spec[0], "link": None})
-                continue
-            value = node.widgets.get(name, default_value(spec))
-            values.append(value)
-            options = spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {}
-            if options.get("control_after_generate"):
-                values.append("fixed")
-                height += 24
-            height += 110 if options.get("multiline") else 26
-        outputs = [{"name": info["output_name"][i], "type": kind, "slot_index": i,
-                    "links": outgoing.get((node.id, i), [])} for i, kind in enumerate(info["output"])]
-        height += 22 * max(len([i for i in inputs if "widget" not in i]), len(outputs))
-        ui_node = {"id": node.id, "type": node.type, "pos": list(node.pos), "size": [node.width, height],
-                   "flags": {}, "order": order, "mode": 0, "inputs": inputs, "outputs": outputs,
-                   "properties": {"Node name for S&R": node.type}, "widgets_values": values}
-        if node.type == VHS_VIDEO_COMBINE:                # VHS saves its widgets by name
-            names = [name for name, spec in ordered_inputs(info) if is_widget(spec)]
-            ui_node["widgets_values"] = {**dict(zip(names, values)), **node.widgets}
-        if node.title:
-            ui_node["title"] = node.title
-        ui_nodes.append(ui_node)
-    return {"last_node_id": max(by_id), "last_link_id": len(links), "nodes": ui_nodes, "links": links,
-            "groups": [], "config": {}, "extra": {"ds": {"scale": 0.8, "offset": [40, 40]}}, "version": 0.4}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -194,7 +91,7 @@ def allegro_t2v_core_upscale() -> list[Node]:
 
 def allegro_t2v_rife_30fps() -> list[Node]:
     note = ("\n\nNeeds two node packs (ComfyUI Manager can install both):\n"
-            "- ComfyUI-Frame-Interpolation (Fannovel16): 'RIFE VFI', multiplier 2 -> 176 frames; it downloads "
+            "- ComfyUI-Frame-Interpolation (Fannovel16): 'RIFE VFI', multiplier 2: 88 -> 175 frames (2N-1); it downloads "
             "its RIFE checkpoint itself.\n- ComfyUI-VideoHelperSuite (Kosinkadink): 'Video Combine' at 30 fps.")
     rife = Node(9, RIFE_VFI, (1700, 0), {"ckpt_name": "rife47.pth", "multiplier": 2}, {"frames": (8, 0)}, width=340)
     combine = Node(10, VHS_VIDEO_COMBINE, (2080, 0),
@@ -211,16 +108,6 @@ WORKFLOWS = {
     "allegro_t2v_core_upscale": allegro_t2v_core_upscale,
     "allegro_t2v_rife_30fps": allegro_t2v_rife_30fps,
 }
-
-
-def live_definitions() -> dict:
-    from allegro_harness.server import ComfyServer
-    with tempfile.TemporaryDirectory() as base:
-        server = ComfyServer(base).start()
-        try:
-            return {**THIRD_PARTY_DEFS, **server.object_info()}
-        finally:
-            server.stop()
 
 
 def main():

@@ -1,9 +1,9 @@
 """Compare this package's TI2V graph with the original rhymes-ai/Allegro TI2V pipeline on the same tiny weights.
 
     git clone https://github.com/rhymes-ai/Allegro /path/to/Allegro      # the original code (not installed)
-    .venv/bin/python scripts/compare_original_ti2v.py --original /path/to/Allegro [--steps 2]
+    .venv/bin/python -m scripts.compare_original_ti2v --original /path/to/Allegro [--steps 2]
 
-Both sides get the same tiny hub-layout checkpoint (tests/tiny_models.py; its VAE is swapped for a
+Both sides get the same tiny hub-layout checkpoint (allegro_devtools.random_models; its VAE is swapped for a
 32-channel one because the original VAE hard-codes GroupNorm(32)), the same two images, prompt, seed
 (1427329220), CFG 8 and size 240x240x24, and both encode the conditioning with the posterior mean. The
 original package is also called `allegro`, so each side runs in its own process. Printed: the text
@@ -12,6 +12,8 @@ inputs and once with the original pipeline fed this package's inputs (isolating 
 """
 import argparse
 import contextlib
+import importlib.machinery
+import importlib.util
 import os
 import subprocess
 import sys
@@ -24,6 +26,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 REPO = Path(__file__).resolve().parents[1]
+MODULE = "scripts.compare_original_ti2v"
 SIZE, FRAMES, SEED, CFG = 240, 24, 1427329220, 8.0
 
 
@@ -35,15 +38,15 @@ def test_images() -> dict:
 
 def run_ours(work: Path, steps: int):
     """This package, through ComfyUI's executor: the shipped TI2V workflows on the tiny weights."""
-    sys.path[:0] = [str(REPO / "tests"), str(REPO)]
     from diffusers import AutoencoderKLAllegro
     from PIL import Image
 
-    import test_ti2v_graph as graphs
     from allegro.prompt import apply_template
-    from allegro_harness.inprocess import InProcessComfy
-    from allegro_harness.runtime import prepare_base_dir
-    from tiny_models import write_all
+    from allegro_devtools.inprocess import InProcessComfy
+    from allegro_devtools.random_models import write_all
+    from allegro_devtools.runtime import prepare_base_dir
+    from allegro_devtools.workflow_api import workflow_to_prompt
+    from allegro_devtools.workflow_check import WORKFLOW_DIR, load_workflow, tiny_prompt
     base = prepare_base_dir(work / "comfy")
     folder = write_all(base / "models")["diffusers_ti2v"].parent / "Allegro-TI2V-tiny32"
     if not folder.exists():
@@ -58,7 +61,11 @@ def run_ours(work: Path, steps: int):
     comfy = InProcessComfy.boot(base)
     out = {"folder": str(folder)}
     for with_last in (False, True):
-        graph = graphs.ti2v_graph(comfy, last="last.png" if with_last else None)
+        workflow = load_workflow(WORKFLOW_DIR / ("allegro_ti2v_first_last.json" if with_last else "allegro_ti2v.json"))
+        graph = tiny_prompt(workflow_to_prompt(workflow, comfy.object_info()), "first.png",
+                            "last.png" if with_last else None)
+        sampler, conditioning = (next(i for i, n in graph.items() if n["class_type"] == kind)
+                                 for kind in ("AllegroSampler", "AllegroTI2VConditioning"))
         for node in graph.values():
             inputs = node["inputs"]
             if node["class_type"] in ("AllegroVAELoader", "AllegroModelLoader"):
@@ -67,10 +74,10 @@ def run_ours(work: Path, steps: int):
                 inputs["steps"] = steps
             elif node["class_type"] == "AllegroTextEncode":
                 out["prompt"], out["negative"] = apply_template(inputs["prompt"]), inputs["negative_prompt"]
-        result = comfy.run(graph, targets=[graphs.SAMPLER, graphs.CONDITIONING])
+        result = comfy.run(graph, targets=[sampler, conditioning])
         assert result.status == "success", result.error
-        positive, negative = result.output(graphs.CONDITIONING, 0), result.output(graphs.CONDITIONING, 1)
-        out[with_last] = {"latent": result.output(graphs.SAMPLER)["samples"],
+        positive, negative = result.output(conditioning, 0), result.output(conditioning, 1)
+        out[with_last] = {"latent": result.output(sampler)["samples"],
                           "pos": positive[0][0], "pos_mask": positive[0][1]["attention_mask"],
                           "neg": negative[0][0], "neg_mask": negative[0][1]["attention_mask"],
                           "masked": positive[0][1]["allegro_masked_video"], "mask": positive[0][1]["allegro_frame_mask"]}
@@ -90,8 +97,17 @@ def load_ours(work: Path) -> dict:
     return ours
 
 
+def import_original_allegro(original: Path) -> None:
+    """Make `allegro` the original checkout's package (a namespace package whose modules import each other as
+    `allegro.…`), without adding the checkout to the import path, where this repository's `allegro` comes first."""
+    spec = importlib.machinery.PathFinder.find_spec("allegro", [str(original)])
+    if spec is None:
+        raise SystemExit(f"no allegro/ package in {original}: pass a checkout of github.com/rhymes-ai/Allegro")
+    sys.modules["allegro"] = importlib.util.module_from_spec(spec)
+
+
 def run_original(work: Path, original: Path, steps: int):
-    sys.path.insert(0, str(original))
+    import_original_allegro(original)
     import allegro.models.transformers.block as block
     block.sdpa_kernel = lambda *args, **kwargs: contextlib.nullcontext()     # CPU: no flash kernel to force
     from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
@@ -158,10 +174,10 @@ def main():
         return run_original(args.work, args.original, args.steps)
     with tempfile.TemporaryDirectory() as work:
         for phase in ("ours", "original"):
-            subprocess.run([sys.executable, __file__, "--phase", phase, "--work", work, "--original", str(args.original),
-                            "--steps", str(args.steps)], check=True, cwd=REPO,
+            subprocess.run([sys.executable, "-m", MODULE, "--phase", phase, "--work", work, "--original",
+                            str(args.original), "--steps", str(args.steps)], check=True, cwd=REPO,
                            stderr=subprocess.DEVNULL if phase == "ours" else None, env={**os.environ, "PYTHONWARNINGS": "ignore"})
-    print(f"\nCommand: .venv/bin/python scripts/compare_original_ti2v.py --original {args.original} --steps {args.steps}")
+    print(f"\nCommand: .venv/bin/python -m {MODULE} --original {args.original} --steps {args.steps}")
 
 
 if __name__ == "__main__":

@@ -5,6 +5,8 @@ With the real Allegro weights in the ComfyUI models folders (see README: models/
 and models/text_encoders/t5xxl_fp16.safetensors) it runs the workflow as saved. Without them it
 writes TINY RANDOM-WEIGHT checkpoints and runs the same graph on them at a small size: the
 pipeline is real, the video is noise.
+
+    .venv/bin/python -m scripts.demo [--gpu] [--tiny]      # from the repository root (`make demo`)
 """
 import argparse
 import json
@@ -12,13 +14,10 @@ import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO / "tests"), str(REPO)]
-
-from allegro_harness.runtime import comfyui_dir   # noqa: E402
-from allegro_harness.server import ComfyServer     # noqa: E402
-from allegro_harness.workflow_check import saved_files   # noqa: E402
-from scripts.workflow_api import workflow_to_prompt   # noqa: E402
+from allegro_devtools.runtime import REPO_ROOT as REPO, comfyui_dir
+from allegro_devtools.server import ComfyServer
+from allegro_devtools.workflow_api import workflow_to_prompt
+from allegro_devtools.workflow_check import saved_files
 
 WORKFLOW = REPO / "workflows" / "allegro_t2v.json"
 TINY_SIZE = {"width": 240, "height": 160, "length": 24}
@@ -40,7 +39,7 @@ def real_weights_present(models: Path, prompt: dict) -> bool:
 
 
 def use_tiny_models(prompt: dict, models: Path) -> dict:
-    from tiny_models import write_all
+    from allegro_devtools.random_models import write_all      # torch: only when needed
     write_all(models)
     for node_id, node in list(prompt.items()):
         inputs = node["inputs"]

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from allegro_harness.runtime import REPO_ROOT
+from allegro_devtools.runtime import REPO_ROOT
 
 # Figures, screenshots and videos the tests make, kept for a person to look at.
 TEST_OUTPUT = Path(os.environ.get("ALLEGRO_TEST_OUTPUT", REPO_ROOT / "test-output"))
@@ -19,28 +19,28 @@ def test_output() -> Path:
 
 @pytest.fixture(scope="session")
 def base_dir(tmp_path_factory) -> Path:
-    from allegro_harness.runtime import prepare_base_dir
+    from allegro_devtools.runtime import prepare_base_dir
     return prepare_base_dir(tmp_path_factory.mktemp("comfy-base"))
 
 
 @pytest.fixture(scope="session")
 def tiny_models(base_dir):
     """Tiny random-weight Allegro checkpoints in the real formats, under base_dir/models."""
-    from tiny_models import write_all
+    from allegro_devtools.random_models import write_all
     return write_all(base_dir / "models")
 
 
 @pytest.fixture(scope="session")
 def comfy(base_dir, tiny_models):
     """ComfyUI's executor in this process, with the package loaded as a custom node."""
-    from allegro_harness.inprocess import InProcessComfy
+    from allegro_devtools.inprocess import InProcessComfy
     return InProcessComfy.boot(base_dir)
 
 
 @pytest.fixture(scope="session")
 def comfy_server(base_dir, tiny_models):
     """A live `main.py --cpu` server on a free loopback port; stopped at the end of the session."""
-    from allegro_harness.server import ComfyServer
+    from allegro_devtools.server import ComfyServer
     server = ComfyServer(base_dir, extra_args=["--cache-none"]).start()
     yield server
     server.stop()

@@ -1,6 +1,7 @@
-"""Smoke runs of the CPU benchmarks (bench/): each runs at its tiny --quick settings, as `run_all.py
---quick` does, and must print its markdown table, the command, and correct exactness figures.
-No timing is asserted: the machine is shared and tiny sizes time nothing meaningful."""
+"""Smoke runs of the CPU benchmarks (bench/): each runs as a module from the repository root at its tiny
+--quick settings, as `python -m bench.run_all --quick` does, and must print its markdown table, the command
+and correct exactness figures. No timing is asserted: the machine is shared and tiny sizes time nothing
+meaningful."""
 import re
 import subprocess
 import sys
@@ -8,11 +9,10 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.slow
+from allegro_devtools.runtime import REPO_ROOT
+from bench.run_all import BENCHES
 
-BENCH = Path(__file__).resolve().parents[1] / "bench"
-sys.path.insert(0, str(BENCH))
-from run_all import BENCHES  # noqa: E402
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
@@ -21,13 +21,14 @@ def out_dir(tmp_path_factory) -> Path:
 
 
 def run_quick(name: str, out_dir: Path) -> str:
-    script, _full, quick = BENCHES[name]
-    done = subprocess.run([sys.executable, str(BENCH / script), *quick, "--out-dir", str(out_dir)],
-                          capture_output=True, text=True, timeout=300, cwd=BENCH.parent)
+    module, _full, quick = BENCHES[name]
+    done = subprocess.run([sys.executable, "-m", module, *quick, "--out-dir", str(out_dir)],
+                          capture_output=True, text=True, timeout=300, cwd=REPO_ROOT)
     assert done.returncode == 0, done.stderr[-3000:]
     out = done.stdout
     assert re.search(r"^\|---\|", out, re.M), out               # a markdown table
-    assert f"Command: `.venv/bin/python bench/{script}" in out or f"bench/{script}" in out
+    # The command that reproduces the run, as run from the repository root.
+    assert re.search(rf"^Command: `\S*python\S* -m {re.escape(module)} ", out, re.M), out[-2000:]
     return out
 
 
@@ -76,10 +77,10 @@ def test_gpu_bench_step_cache_loop_on_cpu():
     """bench_gpu.py's step-cache comparison, on a tiny model on CPU: threshold 0 never skips and
     reproduces the uncached run exactly; a large threshold skips calls and stays close."""
     import torch
-    from bench_gpu import euler_sample, psnr, random_model
     from allegro.step_cache import StepCache
     from allegro.transformer import TransformerConfig
-    from tiny_models import TRANSFORMER_KWARGS
+    from allegro_devtools.random_models import TRANSFORMER_KWARGS
+    from bench.bench_gpu import euler_sample, psnr, random_model
 
     torch.manual_seed(0)
     model = random_model(torch.float32, config=TransformerConfig.from_dict(TRANSFORMER_KWARGS))

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from allegro_harness import browser
-from allegro_harness.workflow_check import (THIRD_PARTY_NODE_TYPES, is_runnable, load_workflow, package_types,
+from allegro_devtools import browser
+from allegro_devtools.workflow_check import (THIRD_PARTY_NODE_TYPES, is_runnable, load_workflow, package_types,
                                             saved_files, third_party_types, tiny_prompt, workflow_paths)
-from scripts.workflow_api import workflow_to_prompt
+from allegro_devtools.workflow_api import workflow_to_prompt
 
 pytestmark = [pytest.mark.browser, pytest.mark.server, pytest.mark.slow]
 
@@ -75,7 +75,7 @@ def test_workflow_loads_and_runs_from_the_front_end(name, page, comfy_server, ob
 
     prompt = browser.graph_to_prompt(page)
     ours = {node_id: node for node_id, node in prompt.items() if node["class_type"] in object_info}
-    # scripts/workflow_api.py (used by `make demo`) converts the file exactly as the front-end does.
+    # allegro_devtools.workflow_api (used by `make demo`) converts the file exactly as the front-end does.
     converted = workflow_to_prompt(workflow, object_info)
     assert {k: (v["class_type"], v["inputs"]) for k, v in ours.items()} == \
            {k: (v["class_type"], v["inputs"]) for k, v in converted.items()}

@@ -7,7 +7,8 @@ allowed (never a bare stack trace); then the corrected graph must run in the sam
 Bad weights are written into the session's models folders at run time and removed afterwards;
 pickles carry a payload that would create a marker file, which must never appear.
 Cancelling during sampling and during VAE decode leaves no output behind and the next run is
-exactly an uninterrupted run's. The last test runs a good prompt after everything else.
+exactly an uninterrupted run's. One test, in whatever order it runs, sends a representative set of
+bad graphs and a cancelled run, then a good prompt, which must still give exactly the reference video.
 
 The messages seen are written to test-output/error_matrix.md for a person to read.
 """
@@ -289,21 +290,27 @@ def test_unusual_first_frames_run(session, image):
 # ---------------------------------------------------------------------------------------------
 # Cancel
 
-def cancel_while(session: Session, graph: dict, node: str, node_type: str, reference: dict):
-    before = bad_inputs.listing(session.output)
+def cancel_when_working(session: Session, graph: dict, node: str) -> dict:
+    """Queue the graph, press Cancel once `node` has reported progress (it is really working), and return
+    the prompt's /history entry."""
     session.events.drain()
     prompt_id = session.submit(graph)
-    # Wait until the node has reported progress (it is really working), then press Cancel.
     session.events.wait_for(lambda e: e.get("type") == "progress" and e["data"].get("prompt_id") == prompt_id
                             and e["data"].get("node") == node and e["data"]["value"] >= 1, timeout=120)
     assert session.server.is_running(prompt_id)
     session.server.interrupt()
     entry = session.server.wait(prompt_id, timeout=120)
+    assert not session.server.is_running(prompt_id)
+    return entry
+
+
+def cancel_while(session: Session, graph: dict, node: str, node_type: str, reference: dict):
+    before = bad_inputs.listing(session.output)
+    entry = cancel_when_working(session, graph, node)
     messages = dict(entry["status"]["messages"])
     assert "execution_interrupted" in messages and "execution_error" not in messages, entry["status"]
     assert messages["execution_interrupted"]["node_id"] == node
     assert messages["execution_interrupted"]["node_type"] == node_type
-    assert not session.server.is_running(prompt_id)
     assert bad_inputs.listing(session.output) == before, "an interrupted prompt left files in the output folder"
     assert entry.get("outputs", {}) == {}
     session.seen.append((f"Cancel during {node_type}", "execution_interrupted",
@@ -327,9 +334,27 @@ def test_cancel_during_vae_decode(session, reference):
 
 
 # ---------------------------------------------------------------------------------------------
+# After bad inputs
 
-def test_zz_a_good_prompt_after_everything_else(session, reference):
-    """Last in the module: the same server still makes exactly the reference video."""
+# One of each kind: refused by /prompt, a bad file and a pickle at load, a mix-up and a size in the run, a wrong latent.
+REPRESENTATIVE_CASES = ["model file that is not there", "truncated safetensors", "pickle renamed .safetensors",
+                        "TI2V conditioning into the T2V model", "size that cannot fit in memory",
+                        "core image latent into the decode"]
+
+
+def test_a_good_prompt_after_bad_inputs_and_a_cancel(session, reference):
+    """Whatever ran before: after refused graphs, failed runs and a cancelled one, the same server still makes
+    exactly the reference video."""
+    cases = {case.id: case for case in CASES}
+    for case in (cases[name] for name in REPRESENTATIVE_CASES):
+        answer = session.post(case.bad(session))
+        if case.validation:
+            assert answer["http_status"] == 400, case.id
+        else:
+            assert answer["http_status"] == 200, case.id
+            assert session.server.wait(answer["prompt_id"], timeout=300)["status"]["status_str"] == "error", case.id
+    entry = cancel_when_working(session, reference_graph(steps=1000, tag="cancel_then_good"), "sample")
+    assert "execution_interrupted" in dict(entry["status"]["messages"])
     outputs = saved_outputs(session, session.run_ok(reference_graph(tag="final")))
     assert outputs["frames"].shape == (FRAMES, SIZE, SIZE, 3)
     assert outputs["frames"].std() > 1                     # a picture, not a constant

@@ -5,7 +5,7 @@ import subprocess
 import sys
 import tomllib
 
-from allegro_harness.runtime import REPO_ROOT
+from allegro_devtools.runtime import REPO_ROOT
 
 PYPROJECT = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text(encoding="utf-8"))
 README = (REPO_ROOT / "README.md").read_text(encoding="utf-8")

@@ -1,7 +1,8 @@
-"""allegro.prompt against the references: the scripts' template strings, diffusers' caption cleaner
-(as the oracle, over a broad corpus) and Hugging Face's T5 tokenizer."""
+"""allegro.prompt against the references: the scripts' template strings (as recorded facts), diffusers'
+caption cleaner (as the oracle, over a broad corpus) and Hugging Face's T5 tokenizer."""
+import hashlib
+import json
 import random
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -10,7 +11,8 @@ from allegro.prompt import (
     NEGATIVE_PROMPT, POSITIVE_TEMPLATE, T5Tokens, apply_template, clean_caption, preprocess_prompt, tokenize_for_t5,
 )
 
-ORIGINAL_REPO = Path("/work/.mirror/rhymes-ai+Allegro/repo")
+# SHA-256 and length of the strings in rhymes-ai/Allegro's inference scripts (facts, not their code).
+REFERENCE_FACTS = json.loads((Path(__file__).parent / "data" / "reference_facts.json").read_text(encoding="utf-8"))
 
 
 @pytest.fixture(scope="module")
@@ -92,14 +94,19 @@ def corpus() -> list[str]:
     return texts + [POSITIVE_TEMPLATE, NEGATIVE_PROMPT]
 
 
+def fingerprint(text: str) -> dict:
+    return {"sha256": hashlib.sha256(text.encode("utf-8")).hexdigest(), "length": len(text)}
+
+
 def test_template_strings_match_the_reference_scripts():
-    if not ORIGINAL_REPO.is_dir():
-        pytest.skip(f"the original repo mirror is not at {ORIGINAL_REPO}")
-    for script in ("single_inference.py", "single_inference_ti2v.py"):
-        source = subprocess.run(["git", "show", f"HEAD:{script}"], cwd=ORIGINAL_REPO, check=True,
-                                capture_output=True, text=True).stdout
-        assert f'positive_prompt = """{POSITIVE_TEMPLATE}"""' in source
-        assert f'negative_prompt = """{NEGATIVE_PROMPT}"""' in source
+    """Our template and negative prompt are, character for character, the positive_prompt and negative_prompt
+    strings of the original single_inference.py and single_inference_ti2v.py at the recorded commit."""
+    scripts = REFERENCE_FACTS["scripts"]
+    assert REFERENCE_FACTS["commit"].startswith("f395a54")
+    assert set(scripts) == {"single_inference.py", "single_inference_ti2v.py"}
+    ours = {"positive_prompt": fingerprint(POSITIVE_TEMPLATE), "negative_prompt": fingerprint(NEGATIVE_PROMPT)}
+    for script, strings in scripts.items():
+        assert strings == ours, script
 
 
 def test_apply_template_lowercases_and_strips_like_the_script():
@@ -139,7 +146,7 @@ def test_keep_cjk_ideographs_follows_the_original_pipeline():
 
 @pytest.fixture(scope="module")
 def t5_tokenizer():
-    from allegro_harness.runtime import comfyui_dir
+    from allegro_devtools.runtime import comfyui_dir
     from transformers import AutoTokenizer
     return AutoTokenizer.from_pretrained(comfyui_dir() / "comfy" / "text_encoders" / "t5_tokenizer")
 

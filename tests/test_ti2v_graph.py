@@ -7,9 +7,9 @@ import pytest
 import torch
 from PIL import Image
 
-from allegro_harness.workflow_check import (TINY_SIZE, TINY_STEPS, TINY_TI2V as TI2V, WORKFLOW_DIR,
+from allegro_devtools.workflow_check import (TINY_SIZE, TINY_STEPS, TINY_TI2V as TI2V, WORKFLOW_DIR,
                                             load_workflow, tiny_prompt)
-from scripts.workflow_api import workflow_to_prompt
+from allegro_devtools.workflow_api import workflow_to_prompt
 
 pytestmark = pytest.mark.slow
 

@@ -10,7 +10,7 @@ from allegro.checkpoints import (
     find_component, identify, infer_transformer_config, infer_vae_config, normalise_transformer_config,
     read_diffusers_component, read_safetensors,
 )
-from tiny_models import TI2V_BRANCHES, write_all
+from allegro_devtools.random_models import TI2V_BRANCHES, write_all
 
 
 def content_digest(path) -> str:

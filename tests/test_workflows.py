@@ -8,8 +8,8 @@ import json
 
 import pytest
 
-from allegro_harness.runtime import PACKAGE_DIR_NAME, REPO_ROOT
-from allegro_harness.workflow_check import (NOTE_TYPES, RIFE_VFI, THIRD_PARTY_NODE_TYPES, VHS_VIDEO_COMBINE,
+from allegro_devtools.runtime import PACKAGE_DIR_NAME, REPO_ROOT
+from allegro_devtools.workflow_check import (NOTE_TYPES, RIFE_VFI, THIRD_PARTY_NODE_TYPES, VHS_VIDEO_COMBINE,
                                             link_problems, load_workflow, node_types, third_party_types,
                                             unknown_node_types, widget_problems, workflow_paths)
 
@@ -89,3 +89,12 @@ def test_a_bad_saved_value_fails_the_check(object_info):
     latent = next(node for node in workflow["nodes"] if node["type"] == "AllegroEmptyLatentVideo")
     latent["widgets_values"][0] = 100000
     assert any("width" in problem for problem in widget_problems(workflow, object_info))
+
+
+def test_a_bad_value_in_a_widget_an_extension_adds_fails_the_check(object_info):
+    """VideoHelperSuite's crf is not in Video Combine's inputs but in its format's definition: it is checked too."""
+    workflow = copy.deepcopy(load_workflow(WORKFLOWS["allegro_t2v_rife_30fps"]))
+    combine = next(node for node in workflow["nodes"] if node["type"] == VHS_VIDEO_COMBINE)
+    combine["widgets_values"]["crf"] = 500
+    assert widget_problems(workflow, object_info) == \
+        [f"node {combine['id']} ({VHS_VIDEO_COMBINE}).crf: 500 is outside [0, 100]"]

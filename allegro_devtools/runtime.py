@@ -2,7 +2,7 @@
 import os
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = Path(__file__).resolve().parents[1]
 PACKAGE_DIR_NAME = "ComfyUI-Allegro"
 
 # The sub-folders of models/ the package reads from (ComfyUI's names).

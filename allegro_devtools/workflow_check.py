@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 
 from .runtime import REPO_ROOT
+from .workflow_api import input_specs, workflow_to_prompt
 
 WORKFLOW_DIR = REPO_ROOT / "workflows"
 PACKAGE_MODULE = "custom_nodes.ComfyUI-Allegro"     # python_module of this package's nodes in /object_info
@@ -93,7 +94,7 @@ MODEL_FILE_WIDGETS = {
     ("LoadImage", "image"): {"example.png"},
 }
 
-# Tiny-weight runs (tests): names written by tests/tiny_models.py, a size its VAE decodes fully.
+# Tiny-weight runs (tests): names written by random_models.write_all, a size its VAE decodes fully.
 TINY_T2V, TINY_TI2V = "diffusers/Allegro-tiny", "diffusers/Allegro-TI2V-tiny"
 TINY_SIZE = {"width": 240, "height": 240, "length": 24}
 TINY_STEPS = 2
@@ -146,34 +147,32 @@ def widget_spec(spec: list) -> tuple[str, list | None, dict]:
 
 
 def widget_problems(workflow: dict, object_info: dict) -> list[str]:
-    """Every saved widget value that the node's definition would refuse, and every widget without a value."""
-    from scripts.workflow_api import workflow_to_prompt
+    """Every saved widget value that the node's definition would refuse (a front-end extension's widgets too),
+    and every widget without a value."""
     definitions = all_definitions(object_info)
     prompt = workflow_to_prompt(workflow, definitions)
     problems = []
     for node_id, node in prompt.items():
         kind_of_node = node["class_type"]
-        info = definitions[kind_of_node]
-        for section in ("required", "optional"):
-            for name, spec in info["input"].get(section, {}).items():
-                kind, choices, options = widget_spec(spec)
-                if kind not in ("COMBO", "INT", "FLOAT", "STRING", "BOOLEAN"):
-                    continue
-                where = f"node {node_id} ({kind_of_node}).{name}"
-                if name not in node["inputs"]:
-                    if section == "required":
-                        problems.append(f"{where}: no saved value")
-                    continue
-                value = node["inputs"][name]
-                if isinstance(value, list) and len(value) == 2 and isinstance(value[1], int):
-                    continue                                    # linked from another node's output
-                if (kind_of_node, name) in MODEL_FILE_WIDGETS:
-                    if value not in MODEL_FILE_WIDGETS[(kind_of_node, name)]:
-                        problems.append(f"{where}: {value!r} is not one of {sorted(MODEL_FILE_WIDGETS[(kind_of_node, name)])}")
-                    continue
-                problem = value_problem(kind, choices, options, value)
-                if problem:
-                    problems.append(f"{where}: {problem}")
+        for section, name, spec in input_specs(definitions[kind_of_node], node["inputs"].get):
+            kind, choices, options = widget_spec(spec)
+            if kind not in ("COMBO", "INT", "FLOAT", "STRING", "BOOLEAN"):
+                continue
+            where = f"node {node_id} ({kind_of_node}).{name}"
+            if name not in node["inputs"]:
+                if section == "required":
+                    problems.append(f"{where}: no saved value")
+                continue
+            value = node["inputs"][name]
+            if isinstance(value, list) and len(value) == 2 and isinstance(value[1], int):
+                continue                                    # linked from another node's output
+            if (kind_of_node, name) in MODEL_FILE_WIDGETS:
+                if value not in MODEL_FILE_WIDGETS[(kind_of_node, name)]:
+                    problems.append(f"{where}: {value!r} is not one of {sorted(MODEL_FILE_WIDGETS[(kind_of_node, name)])}")
+                continue
+            problem = value_problem(kind, choices, options, value)
+            if problem:
+                problems.append(f"{where}: {problem}")
     return problems
 
 

@@ -8,7 +8,7 @@ import sys
 import uuid
 from dataclasses import dataclass, field
 
-from .runtime import comfyui_dir, prepare_base_dir
+from .runtime import REPO_ROOT, comfyui_dir, prepare_base_dir
 
 
 @dataclass
@@ -61,7 +61,10 @@ class InProcessComfy:
     def __init__(self, base_dir):
         base_dir = prepare_base_dir(base_dir)
         # ComfyUI's top-level modules (nodes, utils, execution) must win over same-named folders
-        # of this repository, which pytest puts on sys.path.
+        # of this repository, which pytest and `python -m` from the repository root put on sys.path.
+        shadowing = getattr(sys.modules.get("nodes"), "__file__", None) or ""
+        if shadowing.startswith(str(REPO_ROOT)):
+            raise RuntimeError(f"`nodes` was imported from this repository ({shadowing}) before ComfyUI booted")
         sys.path.insert(0, str(comfyui_dir()))
         from comfy.cli_args import args
         args.cpu = True                          # before comfy.model_management is imported
