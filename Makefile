@@ -1,8 +1,9 @@
 # Two commands do all set-up on a fresh machine (see README):
 #   make demo   runs workflows/allegro_t2v.json end to end in a headless ComfyUI and prints the video path
-#   make test   runs the whole test suite (unit, ComfyUI integration, browser)
+#   make test   runs the whole test suite (unit, ComfyUI integration, browser) on ComfyUI 0.3.75 and,
+#               when ../shared/comfyui/ComfyUI-0.8.0.tar.gz is there, again on 0.8.0 (scripts/test.sh)
 # and for development:
-#   make test-fast   everything not marked slow, server or browser (about a minute)
+#   make test-fast   everything not marked slow, server or browser, on the base ComfyUI (about a minute)
 #   make bench       the CPU benchmarks into bench/RESULTS.md
 # Scripts and benchmarks run as modules from the repository root (python -m scripts.demo), which puts
 # allegro_devtools/ (the shared ComfyUI harness, workflow tools and random-weight models) on sys.path.
@@ -11,14 +12,13 @@ PY := .venv/bin/python
 .PHONY: setup demo test test-fast bench
 
 setup:
-	bash scripts/setup.sh
+	bash scripts/setup.sh >/dev/null
 
 demo: setup
 	$(PY) -m scripts.demo
 
-test: setup
-	bash scripts/ensure_chromium.sh
-	$(PY) -m pytest $(PYTEST_ARGS)
+test:
+	bash scripts/test.sh $(PYTEST_ARGS)
 
 test-fast: setup
 	$(PY) -m pytest -m "not slow and not server and not browser" $(PYTEST_ARGS)

@@ -147,7 +147,11 @@ def transformer_config_from_dict(raw: Mapping) -> TransformerConfig:
     derived = {"interpolation_scale_t": (frames - 1) // 16 + 1 if frames % 2 else
                (frames / 16 if original_style else frames // 16),
                "interpolation_scale_h": height / 30, "interpolation_scale_w": width / 40}
-    scales = {key: float(value if raw.get(key) is None else raw[key]) for key, value in derived.items()}
+    # Unset (null) scales are derived as both classes do; absent ones too in the original's format,
+    # while diffusers' class takes its defaults (the release's) for absent keys.
+    scales = {key: float(raw[key]) if raw.get(key) is not None else
+              float(value) if key in raw or original_style else getattr(RELEASE_TRANSFORMER, key)
+              for key, value in derived.items()}
     ti2v = class_name == TI2V_CLASS if class_name is not None else bool(raw.get("ti2v", False))
     return replace(config, **scales, ti2v=ti2v)
 

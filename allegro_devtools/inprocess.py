@@ -106,6 +106,14 @@ class InProcessComfy:
                           "output": outputs, "output_name": list(getattr(node_class, "RETURN_NAMES", None) or outputs)}
         return info
 
+    def call(self, class_type: str, **inputs) -> tuple:
+        """Run one node directly, as the executor would (V3 `execute`, or a V1 node's FUNCTION), and
+        return its outputs as a tuple."""
+        node_class = self.node_types[class_type]
+        if hasattr(node_class, "define_schema"):
+            return tuple(node_class.execute(**inputs).result)
+        return tuple(getattr(node_class(), node_class.FUNCTION)(**inputs))
+
     def validate(self, prompt: dict):
         """(ok, error, node_errors) exactly as POST /prompt would judge the graph."""
         ok, error, _outputs, node_errors = asyncio.run(

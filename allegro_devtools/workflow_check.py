@@ -87,9 +87,9 @@ THIRD_PARTY_DEFS = {
 # Loader widgets whose choices are the files present, so the live server cannot judge them: the names the
 # shipped workflows must use (where the README tells users to put the downloads).
 MODEL_FILE_WIDGETS = {
-    ("AllegroModelLoader", "model_name"): {"diffusers/Allegro", "diffusers/Allegro-TI2V"},
-    ("AllegroVAELoader", "vae_name"): {"diffusers/Allegro", "diffusers/Allegro-TI2V"},
-    ("AllegroT5Loader", "text_encoder"): {"diffusers/Allegro"},
+    ("AllegroVideo_ModelLoader", "model_name"): {"diffusers/Allegro", "diffusers/Allegro-TI2V"},
+    ("AllegroVideo_VAELoader", "vae_name"): {"diffusers/Allegro", "diffusers/Allegro-TI2V"},
+    ("AllegroVideo_T5Loader", "text_encoder"): {"diffusers/Allegro"},
     ("CLIPLoader", "clip_name"): {"t5xxl_fp16.safetensors"},
     ("LoadImage", "image"): {"example.png"},
 }
@@ -233,20 +233,20 @@ def tiny_prompt(prompt: dict, first_image: str, last_image: str | None = None) -
     prompt = copy.deepcopy(prompt)
     for node_id, node in list(prompt.items()):
         kind, inputs = node["class_type"], node["inputs"]
-        if kind == "AllegroModelLoader":
+        if kind == "AllegroVideo_ModelLoader":
             ti2v = "TI2V" in inputs["model_name"]
             inputs.update(model_name=TINY_TI2V if ti2v else TINY_T2V, weight_dtype="fp32")
-        elif kind == "AllegroVAELoader":
+        elif kind == "AllegroVideo_VAELoader":
             inputs.update(vae_name=TINY_T2V, dtype="fp32")
-        elif kind in ("CLIPLoader", "AllegroT5Loader"):
-            prompt[node_id] = {"class_type": "AllegroT5Loader", "inputs": {"text_encoder": TINY_T2V, "dtype": "fp32"},
+        elif kind in ("CLIPLoader", "AllegroVideo_T5Loader"):
+            prompt[node_id] = {"class_type": "AllegroVideo_T5Loader", "inputs": {"text_encoder": TINY_T2V, "dtype": "fp32"},
                                "_meta": {"title": "tiny T5 (test)"}}
-        elif kind in ("AllegroEmptyLatentVideo", "AllegroTI2VConditioning"):
+        elif kind in ("AllegroVideo_EmptyLatentVideo", "AllegroVideo_TI2VConditioning"):
             inputs.update(TINY_SIZE)
             for name, image in (("first_frame", first_image), ("last_frame", last_image)):
                 if name in inputs:
                     prompt[inputs[name][0]]["inputs"]["image"] = image
-        elif kind == "AllegroSampler":
+        elif kind == "AllegroVideo_Sampler":
             inputs["steps"] = TINY_STEPS
     return prompt
 

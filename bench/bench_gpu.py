@@ -21,7 +21,8 @@ import torch
 from allegro.block_swap import BlockSwap
 from allegro.schedule import linspace_schedule, training_sigmas
 from allegro.step_cache import StepCache
-from allegro.transformer import AllegroTransformer3D, TransformerConfig
+from allegro.config import TransformerConfig, VAEConfig
+from allegro.transformer import AllegroTransformer3D
 from bench.timing import command_line
 
 LATENT = (22, 90, 160)          # 88 frames, 720 x 1280
@@ -160,7 +161,7 @@ def bench_step_cache(args, device):
 
 
 def bench_vae(args, device):
-    from allegro.vae import AllegroVAE, VAEConfig
+    from allegro.vae import AllegroVAE
     from allegro import vae_tiling
     vae = AllegroVAE(VAEConfig()).to(device).eval()
     latent = torch.randn(1, 4, *LATENT, device=device)

@@ -32,19 +32,19 @@ NODE_LABELS = {"t5": "Load Allegro T5", "text": "Allegro Text Encode", "dit": "L
 def t2v_graph(choice: str, video, steps: int) -> dict:
     frames, height, width = video
     return {
-        "t5": {"class_type": "AllegroT5Loader", "inputs": {"text_encoder": choice, "dtype": "fp32"}},
-        "text": {"class_type": "AllegroTextEncode", "inputs": {"clip": ["t5", 0], "prompt": "A red fox in the snow.",
+        "t5": {"class_type": "AllegroVideo_T5Loader", "inputs": {"text_encoder": choice, "dtype": "fp32"}},
+        "text": {"class_type": "AllegroVideo_TextEncode", "inputs": {"clip": ["t5", 0], "prompt": "A red fox in the snow.",
                                                                "negative_prompt": "blurry", "use_template": False,
                                                                "clean_caption": False}},
-        "dit": {"class_type": "AllegroModelLoader", "inputs": {"model_name": choice, "weight_dtype": "fp32"}},
-        "vae": {"class_type": "AllegroVAELoader", "inputs": {"vae_name": choice, "dtype": "fp32"}},
-        "latent": {"class_type": "AllegroEmptyLatentVideo", "inputs": {"width": width, "height": height,
+        "dit": {"class_type": "AllegroVideo_ModelLoader", "inputs": {"model_name": choice, "weight_dtype": "fp32"}},
+        "vae": {"class_type": "AllegroVideo_VAELoader", "inputs": {"vae_name": choice, "dtype": "fp32"}},
+        "latent": {"class_type": "AllegroVideo_EmptyLatentVideo", "inputs": {"width": width, "height": height,
                                                                        "length": frames, "batch_size": 1}},
-        "sample": {"class_type": "AllegroSampler", "inputs": {
+        "sample": {"class_type": "AllegroVideo_Sampler", "inputs": {
             "model": ["dit", 0], "positive": ["text", 0], "negative": ["text", 1], "latent": ["latent", 0],
             "seed": 42, "steps": steps, "cfg": 7.5, "sampler_name": "euler_ancestral",
             "scheduler": "linspace (reference)", "noise_stream": "reference", "denoise": 1.0}},
-        "decode": {"class_type": "AllegroVAEDecode", "inputs": {"samples": ["sample", 0], "vae": ["vae", 0]}},
+        "decode": {"class_type": "AllegroVideo_VAEDecode", "inputs": {"samples": ["sample", 0], "vae": ["vae", 0]}},
     }
 
 

@@ -1,4 +1,4 @@
-"""Seconds per sampling step: the package's AllegroSampler node (inside a booted ComfyUI, on the
+"""Seconds per sampling step: the package's Allegro Sampler node (inside a booted ComfyUI, on the
 MODEL and CONDITIONING its loader and text-encode nodes made) vs diffusers' AllegroPipeline, on the
 same random-weight files, size, steps, seed, Euler ancestral with CFG 7.5 (batch 2) on both, and
 output_type="latent" (no VAE). Per-step time is the median interval between consecutive step
@@ -46,21 +46,23 @@ class StepClock:
 
 
 def package_runner(runtime, choice: str, video, steps: int):
-    """A job running the AllegroSampler node; returns (job, its MODEL, last latent holder)."""
+    """A job running the Allegro Sampler node; returns (job, its MODEL, last latent holder)."""
     import comfy.utils
-    t5 = common.node(runtime, "AllegroT5Loader").load(choice, "fp32")[0]
-    positive, negative = common.node(runtime, "AllegroTextEncode").encode(t5, PROMPT, NEGATIVE, False, False)
-    model = common.node(runtime, "AllegroModelLoader").load(choice, "fp32")[0]
+    t5, = runtime.call("AllegroVideo_T5Loader", text_encoder=choice, dtype="fp32")
+    positive, negative = runtime.call("AllegroVideo_TextEncode", clip=t5, prompt=PROMPT, negative_prompt=NEGATIVE,
+                                      use_template=False, clean_caption=False)
+    model, = runtime.call("AllegroVideo_ModelLoader", model_name=choice, weight_dtype="fp32")
     frames, height, width = video
-    latent = common.node(runtime, "AllegroEmptyLatentVideo").generate(width, height, frames, 1)[0]
-    sampler, last = common.node(runtime, "AllegroSampler"), {}
+    latent, = runtime.call("AllegroVideo_EmptyLatentVideo", width=width, height=height, length=frames, batch_size=1)
+    last = {}
 
     def job():
         clock = StepClock()
         comfy.utils.set_progress_bar_global_hook(clock.tick)      # the sampler's per-step progress update
         with torch.inference_mode():                              # as ComfyUI's executor runs nodes
-            out = sampler.sample(model, positive, negative, latent, SEED, steps, CFG, "euler_ancestral", SCHEDULER,
-                                 "reference", 1.0)[0]
+            out, = runtime.call("AllegroVideo_Sampler", model=model, positive=positive, negative=negative,
+                                latent=latent, seed=SEED, steps=steps, cfg=CFG, sampler_name="euler_ancestral",
+                                scheduler=SCHEDULER, noise_stream="reference", denoise=1.0)
         last["latent"] = out["samples"] * model.model.latent_format.scale_factor   # back to model space
         return {"seconds": clock.per_step(), "steps_timed": len(clock.stamps) - 1}
     return job, model, last
@@ -125,8 +127,8 @@ def main():
     import comfy.ldm.modules.attention as attention
     ours, model, ours_last = package_runner(runtime, "diffusers/" + folder.name, args.video, args.steps)
     theirs, theirs_last = diffusers_runner(folder, args.video, args.steps)
-    jobs = {"AllegroSampler node (as shipped: PyTorch SDPA on CPU)": ours,
-            "AllegroSampler node forced to ComfyUI's CPU default (attention_sub_quad)":
+    jobs = {"Allegro Sampler node (as shipped: PyTorch SDPA on CPU)": ours,
+            "Allegro Sampler node forced to ComfyUI's CPU default (attention_sub_quad)":
                 with_attention(model, attention.attention_sub_quad)(ours),
             "diffusers AllegroPipeline (SDPA)": theirs}
     results = alternate(jobs, args.reps, args.warmup)

@@ -49,16 +49,22 @@ def main():
     folder = common.write_pipeline(args.size, Path(args.out_dir))
     runtime = common.boot_comfy(Path(args.out_dir))
     choice = "diffusers/" + folder.name
-    t5 = common.node(runtime, "AllegroT5Loader").load(choice, "fp32")[0]
-    positive, negative = common.node(runtime, "AllegroTextEncode").encode(t5, PROMPT, NEGATIVE, False, False)
-    model = common.node(runtime, "AllegroModelLoader").load(choice, "fp32")[0]
-    vae = common.node(runtime, "AllegroVAELoader").load(choice, "fp32")[0]
+    t5, = runtime.call("AllegroVideo_T5Loader", text_encoder=choice, dtype="fp32")
+    positive, negative = runtime.call("AllegroVideo_TextEncode", clip=t5, prompt=PROMPT, negative_prompt=NEGATIVE,
+                                      use_template=False, clean_caption=False)
+    model, = runtime.call("AllegroVideo_ModelLoader", model_name=choice, weight_dtype="fp32")
+    vae, = runtime.call("AllegroVideo_VAELoader", vae_name=choice, dtype="fp32")
     frames, height, width = args.video
-    latent = common.node(runtime, "AllegroEmptyLatentVideo").generate(width, height, frames, 1)[0]
-    sampler, cache_node = common.node(runtime, "AllegroSampler"), common.node(runtime, "AllegroStepCache")
+    latent, = runtime.call("AllegroVideo_EmptyLatentVideo", width=width, height=height, length=frames, batch_size=1)
+
+    def sample(patched, seed):
+        return runtime.call("AllegroVideo_Sampler", model=patched, positive=positive, negative=negative, latent=latent,
+                            seed=seed, steps=args.steps, cfg=CFG, sampler_name="euler_ancestral", scheduler=SCHEDULER,
+                            noise_stream="reference", denoise=1.0)[0]
 
     settings = {"no cache": model}
-    settings.update({f"threshold {t:g}": cache_node.patch(model, t, 0.1, 0.9)[0] for t in args.thresholds})
+    settings.update({f"threshold {t:g}": runtime.call("AllegroVideo_StepCache", model=model, threshold=t, start=0.1,
+                                                      end=0.9)[0] for t in args.thresholds})
     outputs, counts = {}, {}
 
     def job(name):
@@ -67,8 +73,7 @@ def main():
         def run():
             with torch.inference_mode():                  # as ComfyUI's executor runs nodes
                 start = time.perf_counter()
-                out = sampler.sample(patched, positive, negative, latent, SEED, args.steps, CFG, "euler_ancestral",
-                                     SCHEDULER, "reference", 1.0)[0]
+                out = sample(patched, SEED)
                 seconds = time.perf_counter() - start
             outputs[name] = out
             cache = patched.model_options.get("transformer_options", {}).get(OPTION)
@@ -79,12 +84,10 @@ def main():
     results = alternate({name: job(name) for name in settings}, args.reps, args.warmup)
     # Scale for the PSNR column: an uncached run from another seed (a different video altogether).
     with torch.inference_mode():
-        outputs["other seed"] = sampler.sample(model, positive, negative, latent, SEED + 1, args.steps, CFG,
-                                               "euler_ancestral", SCHEDULER, "reference", 1.0)[0]
-
-    decode = common.node(runtime, "AllegroVAEDecode")
+        outputs["other seed"] = sample(model, SEED + 1)
     with torch.inference_mode():
-        frames_out = {name: decode.decode(out, vae)[0] for name, out in outputs.items()}
+        frames_out = {name: runtime.call("AllegroVideo_VAEDecode", samples=out, vae=vae)[0]
+                      for name, out in outputs.items()}
     reference_latent, reference_frames = outputs["no cache"]["samples"], frames_out["no cache"]
     latent_peak = (reference_latent.max() - reference_latent.min()).item()
     clipped = ((reference_frames == 0) | (reference_frames == 1)).float().mean().item()

@@ -37,14 +37,15 @@ def conditioning_images(count: int, height: int, width: int) -> list[torch.Tenso
 
 def build_vae(args, implementation: str):
     from diffusers import AutoencoderKLAllegro
-    from allegro.vae import AllegroVAE, VAEConfig
+    from allegro.config import vae_config_from_dict
+    from allegro.vae import AllegroVAE
     torch.manual_seed(0)
     reference = AutoencoderKLAllegro(block_out_channels=args.channels, norm_num_groups=args.groups,
                                      sample_size=args.sample_size).eval()
     if implementation == "reference":
         reference.enable_tiling()
         return reference, reference.encoder
-    ours = AllegroVAE(VAEConfig.from_dict(dict(reference.config))).eval()
+    ours = AllegroVAE(vae_config_from_dict(dict(reference.config))).eval()
     ours.load_state_dict(reference.state_dict())
     return ours, ours.encoder
 

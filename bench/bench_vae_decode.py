@@ -36,21 +36,26 @@ def parse_size(text: str) -> tuple[int, int, int]:
 
 def build_vaes(channels, groups, sample_size: int, implementation: str):
     from diffusers import AutoencoderKLAllegro
-    from allegro.vae import AllegroVAE, VAEConfig
+    from allegro.config import vae_config_from_dict
+    from allegro.vae import AllegroVAE
     torch.manual_seed(0)
     reference = AutoencoderKLAllegro(block_out_channels=channels, norm_num_groups=groups, sample_size=sample_size).eval()
     if implementation == "diffusers":
         reference.enable_tiling()
         return reference
-    ours = AllegroVAE(VAEConfig.from_dict(dict(reference.config))).eval()
+    ours = AllegroVAE(vae_config_from_dict(dict(reference.config))).eval()
     ours.load_state_dict(reference.state_dict())
     return ours
 
 
 def tile_counts(size, sample_size: int) -> dict[str, int]:
     """Tiles each implementation decodes (released geometry: 24x320x320 pixels, strides 16/200/240)."""
+    from dataclasses import replace
+
+    from allegro.config import RELEASE_VAE
     from allegro.vae_tiling import TileSettings, axis_tiles
-    tile, overlap = TileSettings(height=sample_size, width=sample_size).in_latent_units()
+    config = replace(RELEASE_VAE, sample_size=sample_size)
+    tile, overlap = TileSettings.from_config(config).in_latent_units(config)
     latent = (size[0] // 4, size[1] // 8, size[2] // 8)
     ours = math.prod(len(axis_tiles(n, t, o)) for n, t, o in zip(latent, tile, overlap))
     theirs = math.prod(max(0, (n - t) // (t - o) + 1) for n, t, o in zip(latent, tile, overlap))

@@ -27,11 +27,6 @@ def boot_comfy(out_dir: Path = DEFAULT_OUT):
     return runtime
 
 
-def node(comfy, class_type: str):
-    """An instance of a registered node class (called directly: what the executor calls)."""
-    return comfy.node_types[class_type]()
-
-
 def add_reduced_vae_arguments(parser):
     """The options of the VAE benchmarks that choose the reduced-channel VAE and its tiles."""
     parser.add_argument("--channels", type=lambda s: tuple(int(c) for c in s.split(",")), default=(8, 16, 32, 32),

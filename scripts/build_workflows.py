@@ -43,13 +43,13 @@ def text_to_video_nodes(note_extra: str = "") -> list[Node]:
     return [
         Node(1, "Note", (0, 0), title="Read me: model files", width=400, text=MODELS_NOTE + note_extra),
         Node(2, "CLIPLoader", (0, 440), {"clip_name": "t5xxl_fp16.safetensors", "type": "mochi"}, width=400),
-        Node(3, "AllegroTextEncode", (440, 0), {"prompt": PROMPT}, {"clip": (2, 0)}, width=420),
-        Node(4, "AllegroModelLoader", (0, 600), {"model_name": "diffusers/Allegro", "weight_dtype": "bf16"}, width=400),
-        Node(5, "AllegroEmptyLatentVideo", (440, 460), width=420),
-        Node(6, "AllegroSampler", (900, 0), {"seed": 42},
+        Node(3, "AllegroVideo_TextEncode", (440, 0), {"prompt": PROMPT}, {"clip": (2, 0)}, width=420),
+        Node(4, "AllegroVideo_ModelLoader", (0, 600), {"model_name": "diffusers/Allegro", "weight_dtype": "bf16"}, width=400),
+        Node(5, "AllegroVideo_EmptyLatentVideo", (440, 460), width=420),
+        Node(6, "AllegroVideo_Sampler", (900, 0), {"seed": 42},
              {"model": (4, 0), "positive": (3, 0), "negative": (3, 1), "latent": (5, 0)}),
-        Node(7, "AllegroVAELoader", (900, 420), {"vae_name": "diffusers/Allegro"}),
-        Node(8, "AllegroVAEDecode", (1300, 0), links={"samples": (6, 0), "vae": (7, 0)}),
+        Node(7, "AllegroVideo_VAELoader", (900, 420), {"vae_name": "diffusers/Allegro"}),
+        Node(8, "AllegroVideo_VAEDecode", (1300, 0), links={"samples": (6, 0), "vae": (7, 0)}),
     ]
 
 
@@ -65,11 +65,11 @@ def allegro_t2v() -> list[Node]:
 
 def allegro_ti2v(last_frame: bool) -> list[Node]:
     nodes = text_to_video_nodes("\n\nImages: any size; they are centre-cropped to the video's aspect and resized.")
-    nodes = [n for n in nodes if n.type != "AllegroEmptyLatentVideo"]
+    nodes = [n for n in nodes if n.type != "AllegroVideo_EmptyLatentVideo"]
     text, model, sampler, vae = (next(n for n in nodes if n.id == i) for i in (3, 4, 6, 7))
     text.widgets["prompt"] = TI2V_PROMPT
     model.widgets["model_name"] = vae.widgets["vae_name"] = "diffusers/Allegro-TI2V"
-    conditioning = Node(10, "AllegroTI2VConditioning", (440, 460),
+    conditioning = Node(10, "AllegroVideo_TI2VConditioning", (440, 460),
                         links={"positive": (3, 0), "negative": (3, 1), "vae": (7, 0), "first_frame": (11, 0)}, width=420)
     loads = [Node(11, "LoadImage", (0, 820), {"image": "example.png"}, title="First frame", width=400)]
     if last_frame:

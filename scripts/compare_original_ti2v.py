@@ -65,14 +65,14 @@ def run_ours(work: Path, steps: int):
         graph = tiny_prompt(workflow_to_prompt(workflow, comfy.object_info()), "first.png",
                             "last.png" if with_last else None)
         sampler, conditioning = (next(i for i, n in graph.items() if n["class_type"] == kind)
-                                 for kind in ("AllegroSampler", "AllegroTI2VConditioning"))
+                                 for kind in ("AllegroVideo_Sampler", "AllegroVideo_TI2VConditioning"))
         for node in graph.values():
             inputs = node["inputs"]
-            if node["class_type"] in ("AllegroVAELoader", "AllegroModelLoader"):
+            if node["class_type"] in ("AllegroVideo_VAELoader", "AllegroVideo_ModelLoader"):
                 inputs["vae_name" if "vae_name" in inputs else "model_name"] = "diffusers/Allegro-TI2V-tiny32"
-            elif node["class_type"] == "AllegroSampler":
+            elif node["class_type"] == "AllegroVideo_Sampler":
                 inputs["steps"] = steps
-            elif node["class_type"] == "AllegroTextEncode":
+            elif node["class_type"] == "AllegroVideo_TextEncode":
                 out["prompt"], out["negative"] = apply_template(inputs["prompt"]), inputs["negative_prompt"]
         result = comfy.run(graph, targets=[sampler, conditioning])
         assert result.status == "success", result.error

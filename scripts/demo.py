@@ -29,9 +29,9 @@ def real_weights_present(models: Path, prompt: dict) -> bool:
     wanted = []
     for node in prompt.values():
         inputs = node["inputs"]
-        if node["class_type"] in ("AllegroModelLoader", "AllegroVAELoader", "AllegroT5Loader"):
+        if node["class_type"] in ("AllegroVideo_ModelLoader", "AllegroVideo_VAELoader", "AllegroVideo_T5Loader"):
             name = inputs.get("model_name") or inputs.get("vae_name") or inputs.get("text_encoder")
-            folder = {"AllegroModelLoader": "diffusion_models", "AllegroVAELoader": "vae"}.get(node["class_type"], "text_encoders")
+            folder = {"AllegroVideo_ModelLoader": "diffusion_models", "AllegroVideo_VAELoader": "vae"}.get(node["class_type"], "text_encoders")
             wanted.append(models / name if name.startswith("diffusers/") else models / folder / name)
         if node["class_type"] == "CLIPLoader":
             wanted.append(models / "text_encoders" / inputs["clip_name"])
@@ -43,17 +43,17 @@ def use_tiny_models(prompt: dict, models: Path) -> dict:
     write_all(models)
     for node_id, node in list(prompt.items()):
         inputs = node["inputs"]
-        if node["class_type"] in ("AllegroModelLoader",):
+        if node["class_type"] in ("AllegroVideo_ModelLoader",):
             inputs.update(model_name="diffusers/Allegro-tiny", weight_dtype="fp32")
-        elif node["class_type"] == "AllegroVAELoader":
+        elif node["class_type"] == "AllegroVideo_VAELoader":
             inputs["vae_name"] = "diffusers/Allegro-tiny"
-        elif node["class_type"] in ("CLIPLoader", "AllegroT5Loader"):
+        elif node["class_type"] in ("CLIPLoader", "AllegroVideo_T5Loader"):
             # A tiny T5 cannot pass ComfyUI's T5-XXL detection: load it from the tiny hub folder.
-            prompt[node_id] = {"class_type": "AllegroT5Loader",
+            prompt[node_id] = {"class_type": "AllegroVideo_T5Loader",
                                "inputs": {"text_encoder": "diffusers/Allegro-tiny", "dtype": "fp32"}}
-        elif node["class_type"] == "AllegroEmptyLatentVideo":
+        elif node["class_type"] == "AllegroVideo_EmptyLatentVideo":
             inputs.update(TINY_SIZE)
-        elif node["class_type"] == "AllegroSampler":
+        elif node["class_type"] == "AllegroVideo_Sampler":
             inputs["steps"] = TINY_STEPS
     return prompt
 

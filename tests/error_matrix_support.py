@@ -26,9 +26,9 @@ def show(source) -> dict:
 
 
 LOADER_INPUTS = {
-    "AllegroModelLoader": lambda name: {"model_name": name, "weight_dtype": "fp32"},
-    "AllegroVAELoader": lambda name: {"vae_name": name, "dtype": "fp32"},
-    "AllegroT5Loader": lambda name: {"text_encoder": name, "dtype": "fp32"},
+    "AllegroVideo_ModelLoader": lambda name: {"model_name": name, "weight_dtype": "fp32"},
+    "AllegroVideo_VAELoader": lambda name: {"vae_name": name, "dtype": "fp32"},
+    "AllegroVideo_T5Loader": lambda name: {"text_encoder": name, "dtype": "fp32"},
 }
 
 
@@ -38,29 +38,29 @@ def loader(node_class: str, name: str) -> dict:
 
 def text_nodes(prompt="a red fox runs through fresh snow", negative="blurry", use_template=False) -> dict:
     return {
-        "t5": {"class_type": "AllegroT5Loader", "inputs": LOADER_INPUTS["AllegroT5Loader"](T2V)},
-        "text": {"class_type": "AllegroTextEncode", "inputs": {
+        "t5": {"class_type": "AllegroVideo_T5Loader", "inputs": LOADER_INPUTS["AllegroVideo_T5Loader"](T2V)},
+        "text": {"class_type": "AllegroVideo_TextEncode", "inputs": {
             "clip": ["t5", 0], "prompt": prompt, "negative_prompt": negative, "use_template": use_template,
             "clean_caption": True}},
     }
 
 
 def sampler(latent, positive=("text", 0), negative=("text", 1), steps=STEPS, seed=7) -> dict:
-    return {"class_type": "AllegroSampler", "inputs": {
+    return {"class_type": "AllegroVideo_Sampler", "inputs": {
         "model": ["dit", 0], "positive": list(positive), "negative": list(negative), "latent": latent,
         "seed": seed, "steps": steps, "cfg": 7.5, "sampler_name": "euler_ancestral",
         "scheduler": "linspace (reference)", "noise_stream": "reference", "denoise": 1.0}}
 
 
 def empty_video(width=SIZE, height=SIZE, length=FRAMES, batch_size=1) -> dict:
-    return {"class_type": "AllegroEmptyLatentVideo",
+    return {"class_type": "AllegroVideo_EmptyLatentVideo",
             "inputs": {"width": width, "height": height, "length": length, "batch_size": batch_size}}
 
 
 def t2v(model=T2V, latent: dict | None = None, steps=STEPS, **text) -> dict:
     """Text-to-video up to the sampled latent."""
     return {**text_nodes(**text),
-            "dit": {"class_type": "AllegroModelLoader", "inputs": LOADER_INPUTS["AllegroModelLoader"](model)},
+            "dit": {"class_type": "AllegroVideo_ModelLoader", "inputs": LOADER_INPUTS["AllegroVideo_ModelLoader"](model)},
             "latent": latent or empty_video(),
             "sample": sampler(["latent", 0], steps=steps),
             "show": show(["sample", 0])}
@@ -71,10 +71,10 @@ def ti2v(model=TI2V, image: dict | None = None, with_ti2v_node=True, first_frame
     """Image-to-video up to the sampled latent; `image` replaces the LoadImage node ("image") and may
     bring more nodes ("image" must be the one that feeds the first frame)."""
     graph = {**text_nodes(),
-             "dit": {"class_type": "AllegroModelLoader", "inputs": LOADER_INPUTS["AllegroModelLoader"](model)},
-             "vae": {"class_type": "AllegroVAELoader", "inputs": LOADER_INPUTS["AllegroVAELoader"](TI2V)},
+             "dit": {"class_type": "AllegroVideo_ModelLoader", "inputs": LOADER_INPUTS["AllegroVideo_ModelLoader"](model)},
+             "vae": {"class_type": "AllegroVideo_VAELoader", "inputs": LOADER_INPUTS["AllegroVideo_VAELoader"](TI2V)},
              **(image or {"image": load_image("first.png")}),
-             "ti2v": {"class_type": "AllegroTI2VConditioning", "inputs": {
+             "ti2v": {"class_type": "AllegroVideo_TI2VConditioning", "inputs": {
                  "positive": ["text", 0], "negative": ["text", 1], "vae": ["vae", 0], "first_frame": ["image", 0],
                  "width": width, "height": height, "length": length}},
              "show": show(["sample", 0])}
@@ -95,9 +95,9 @@ def load_image(name: str) -> dict:
 
 
 def decode(latent_node: dict) -> dict:
-    return {"vae": {"class_type": "AllegroVAELoader", "inputs": LOADER_INPUTS["AllegroVAELoader"](T2V)},
+    return {"vae": {"class_type": "AllegroVideo_VAELoader", "inputs": LOADER_INPUTS["AllegroVideo_VAELoader"](T2V)},
             "latent": latent_node,
-            "decode": {"class_type": "AllegroVAEDecode", "inputs": {"samples": ["latent", 0], "vae": ["vae", 0]}},
+            "decode": {"class_type": "AllegroVideo_VAEDecode", "inputs": {"samples": ["latent", 0], "vae": ["vae", 0]}},
             "show": show(["decode", 0])}
 
 
@@ -110,8 +110,8 @@ def reference_graph(steps=STEPS, frames=FRAMES, size=SIZE, tiles: dict | None = 
     """The whole text-to-video graph, saving the latent (unless told not to) and the decoded frames."""
     graph = t2v(steps=steps, latent=empty_video(size, size, frames))
     del graph["show"]
-    graph["vae"] = {"class_type": "AllegroVAELoader", "inputs": LOADER_INPUTS["AllegroVAELoader"](T2V)}
-    graph["decode"] = {"class_type": "AllegroVAEDecode",
+    graph["vae"] = {"class_type": "AllegroVideo_VAELoader", "inputs": LOADER_INPUTS["AllegroVideo_VAELoader"](T2V)}
+    graph["decode"] = {"class_type": "AllegroVideo_VAEDecode",
                        "inputs": {"samples": ["sample", 0], "vae": ["vae", 0], **(tiles or {})}}
     if save_latent:
         graph["save_latent"] = {"class_type": "SaveLatent",

@@ -78,12 +78,12 @@ def test_gpu_bench_step_cache_loop_on_cpu():
     reproduces the uncached run exactly; a large threshold skips calls and stays close."""
     import torch
     from allegro.step_cache import StepCache
-    from allegro.transformer import TransformerConfig
+    from allegro.config import transformer_config_from_dict
     from allegro_devtools.random_models import TRANSFORMER_KWARGS
     from bench.bench_gpu import euler_sample, psnr, random_model
 
     torch.manual_seed(0)
-    model = random_model(torch.float32, config=TransformerConfig.from_dict(TRANSFORMER_KWARGS))
+    model = random_model(torch.float32, config=transformer_config_from_dict(TRANSFORMER_KWARGS))
     noise = torch.randn(1, 4, 3, 8, 8)
     context = torch.randn(2, 7, TRANSFORMER_KWARGS["caption_channels"])
     mask = torch.ones(2, 7)

@@ -101,6 +101,9 @@ def test_unset_interpolation_scales_are_derived_like_each_class():
     assert transformer_config_from_dict({"sample_frames": 22, **unset}).interpolation_scale_t == 1.0   # 22 // 16
     assert transformer_config_from_dict({"sample_frames": 23, **unset}).interpolation_scale_t == 2.0
     assert transformer_config_from_dict({"out_channels": None, "in_channels": 8}).out_channels == 8
+    # diffusers' class takes its defaults for absent keys (the original's derives them).
+    assert pick(transformer_config_from_dict({"sample_frames": 6}), *unset) == (2.2, 2.0, 2.0)
+    assert transformer_config_from_dict({"sample_size_t": 48, "norm_type": "ada_norm_single"}).interpolation_scale_t == 3
 
 
 @pytest.mark.parametrize("change, phrase", [

@@ -76,11 +76,11 @@ class Case:
 
 
 def dit_file(name):
-    return lambda s: loader("AllegroModelLoader", f"{PREFIX}{name}")
+    return lambda s: loader("AllegroVideo_ModelLoader", f"{PREFIX}{name}")
 
 
 def good_dit(s):
-    return loader("AllegroModelLoader", "allegro_tiny_t2v.safetensors")
+    return loader("AllegroVideo_ModelLoader", "allegro_tiny_t2v.safetensors")
 
 
 def folder(component_loader, name):
@@ -131,34 +131,34 @@ CASES = [
          (f"{PREFIX}flux.safetensors", "a Flux transformer", "not an Allegro"), good_dit),
     Case("T5 encoder as the DiT", dit_file("t5.safetensors"), "load",
          (f"{PREFIX}t5.safetensors", "a T5 text encoder", "not an Allegro"), good_dit),
-    Case("DiT as the VAE", lambda s: loader("AllegroVAELoader", f"{PREFIX}dit.safetensors"), "load",
+    Case("DiT as the VAE", lambda s: loader("AllegroVideo_VAELoader", f"{PREFIX}dit.safetensors"), "load",
          (f"{PREFIX}dit.safetensors", "Allegro text-to-video transformer", "not the Allegro video VAE",
-          "Load Allegro VAE"), lambda s: loader("AllegroVAELoader", "allegro_tiny_vae.safetensors")),
+          "Load Allegro VAE"), lambda s: loader("AllegroVideo_VAELoader", "allegro_tiny_vae.safetensors")),
     # Pickles: never offered, never opened, however they are named or wherever they are.
     Case(".ckpt pickle in diffusion_models", dit_file("evil.ckpt"), "load",
          ("model_name", f"{PREFIX}evil.ckpt", "PyTorch pickle", "never", ".safetensors", "Available:",
           "diffusers/Allegro-tiny"), good_dit, validation=True),
-    Case(".pt pickle in vae", lambda s: loader("AllegroVAELoader", f"{PREFIX}evil.pt"), "load",
+    Case(".pt pickle in vae", lambda s: loader("AllegroVideo_VAELoader", f"{PREFIX}evil.pt"), "load",
          ("vae_name", f"{PREFIX}evil.pt", "PyTorch pickle", "never", ".safetensors", "Available:",
           "allegro_tiny_vae.safetensors"),
-         lambda s: loader("AllegroVAELoader", "allegro_tiny_vae.safetensors"), validation=True),
+         lambda s: loader("AllegroVideo_VAELoader", "allegro_tiny_vae.safetensors"), validation=True),
     Case("pickle renamed .safetensors", dit_file("renamed_ckpt.safetensors"), "load",
          (f"{PREFIX}renamed_ckpt.safetensors", "pickle header", *PICKLE_WORDS), good_dit),
     Case("torch.save zip renamed .safetensors", dit_file("renamed_pt.safetensors"), "load",
          (f"{PREFIX}renamed_pt.safetensors", "zip archive", *PICKLE_WORDS), good_dit),
-    Case("diffusers folder with only a .bin pickle", folder("AllegroModelLoader", "pickled"), "load",
+    Case("diffusers folder with only a .bin pickle", folder("AllegroVideo_ModelLoader", "pickled"), "load",
          ("transformer", "diffusion_pytorch_model.bin", *PICKLE_WORDS), good_dit),
     # --- diffusers folders --------------------------------------------------------------------
-    Case("diffusers folder without transformer/config.json", folder("AllegroModelLoader", "no_config"), "load",
+    Case("diffusers folder without transformer/config.json", folder("AllegroVideo_ModelLoader", "no_config"), "load",
          (f"{PREFIX}no_config", "transformer/ folder has no config.json", "diffusion_pytorch_model.safetensors"),
-         lambda s: loader("AllegroModelLoader", T2V)),
-    Case("diffusers folder missing a T5 shard", folder("AllegroT5Loader", "no_shard"), "load",
+         lambda s: loader("AllegroVideo_ModelLoader", T2V)),
+    Case("diffusers folder missing a T5 shard", folder("AllegroVideo_T5Loader", "no_shard"), "load",
          ("is listed in model.safetensors.index.json but missing", "text_encoder"),
-         lambda s: loader("AllegroT5Loader", T2V)),
-    Case("config.json with another layer count", folder("AllegroModelLoader", "wrong_layers"), "load",
-         ("config.json", "num_layers=3", "tensors say 2"), lambda s: loader("AllegroModelLoader", T2V)),
-    Case("config.json with another head count", folder("AllegroModelLoader", "wrong_heads"), "load",
-         ("config.json", "3 heads", "48 wide", "fix it"), lambda s: loader("AllegroModelLoader", T2V)),
+         lambda s: loader("AllegroVideo_T5Loader", T2V)),
+    Case("config.json with another layer count", folder("AllegroVideo_ModelLoader", "wrong_layers"), "load",
+         ("config.json", "num_layers=3", "tensors say 2"), lambda s: loader("AllegroVideo_ModelLoader", T2V)),
+    Case("config.json with another head count", folder("AllegroVideo_ModelLoader", "wrong_heads"), "load",
+         ("config.json", "3 heads", "48 wide", "fix it"), lambda s: loader("AllegroVideo_ModelLoader", T2V)),
     # --- T2V / TI2V mix-ups -----------------------------------------------------------------
     Case("TI2V conditioning into the T2V model", lambda s: ti2v(model=T2V), "sample",
          ("Allegro-TI2V image frames", "Allegro T2V", "Load the Allegro-TI2V transformer"), lambda s: ti2v()),
@@ -246,9 +246,9 @@ def long_prompt() -> str:
 def test_the_pickle_payloads_are_real_and_never_ran(session, base_dir):
     assert bad_inputs.payloads_work(base_dir / f"{PREFIX}control")
     shutil.rmtree(base_dir / f"{PREFIX}control")
-    graphs = [loader("AllegroModelLoader", f"{PREFIX}{name}")
+    graphs = [loader("AllegroVideo_ModelLoader", f"{PREFIX}{name}")
               for name in ("evil.ckpt", "renamed_ckpt.safetensors", "renamed_pt.safetensors")]
-    graphs += [loader("AllegroVAELoader", f"{PREFIX}evil.pt"), loader("AllegroModelLoader", f"diffusers/{PREFIX}pickled")]
+    graphs += [loader("AllegroVideo_VAELoader", f"{PREFIX}evil.pt"), loader("AllegroVideo_ModelLoader", f"diffusers/{PREFIX}pickled")]
     for graph in graphs:
         answer = session.post(graph)
         if answer["http_status"] == 200:
@@ -322,7 +322,7 @@ def cancel_while(session: Session, graph: dict, node: str, node_type: str, refer
 
 
 def test_cancel_during_sampling(session, reference):
-    cancel_while(session, reference_graph(steps=1000, tag="cancel_sampling"), "sample", "AllegroSampler", reference)
+    cancel_while(session, reference_graph(steps=1000, tag="cancel_sampling"), "sample", "AllegroVideo_Sampler", reference)
 
 
 def test_cancel_during_vae_decode(session, reference):
@@ -330,7 +330,7 @@ def test_cancel_during_vae_decode(session, reference):
     tiles = {"tile_frames": 4, "tile_size": 64, "overlap_frames": 0, "overlap_height": 32, "overlap_width": 32}
     # Only the frames are saved: a latent saved before the decode started would be a finished output.
     graph = reference_graph(frames=16, size=128, tiles=tiles, tag="cancel_decode", save_latent=False)
-    cancel_while(session, graph, "decode", "AllegroVAEDecode", reference)
+    cancel_while(session, graph, "decode", "AllegroVideo_VAEDecode", reference)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ pytestmark = pytest.mark.slow
 
 
 def load(comfy, name, dtype="fp32"):
-    return comfy.node_types["AllegroModelLoader"]().load(name, dtype)[0]
+    return comfy.call("AllegroVideo_ModelLoader", model_name=name, weight_dtype=dtype)[0]
 
 
 def reference_rope(frames, rows, cols, head_dim):
@@ -110,3 +110,19 @@ def test_weight_dtypes_store_as_asked_and_compute_upcast(comfy, tiny_models, dty
     assert actual.dtype == torch.float32 and torch.isfinite(actual).all()
     error = ((actual - expected).abs().max() / expected.abs().max()).item()
     assert error <= tolerance, f"{dtype}: relative error {error:.3g}"
+
+
+def test_the_latent_scale_comes_from_the_downloads_vae_config(comfy, tiny_models):
+    """A hub folder whose vae/config.json says 0.5 samples at 0.5 (the DiT was trained with its own
+    pipeline's VAE scale); a single file without that config samples at the release's 0.13."""
+    import json
+    import shutil
+    folder = tiny_models["diffusers_t2v"].parent / "Allegro-tiny-scale-0.5"
+    if not folder.exists():
+        shutil.copytree(tiny_models["diffusers_t2v"], folder)
+        config = json.loads((folder / "vae" / "config.json").read_text())
+        (folder / "vae" / "config.json").write_text(json.dumps({**config, "scaling_factor": 0.5}))
+    assert load(comfy, "diffusers/Allegro-tiny-scale-0.5").model.latent_format.scale_factor == 0.5
+    assert comfy.call("AllegroVideo_VAELoader", vae_name="diffusers/Allegro-tiny-scale-0.5",
+                      dtype="fp32")[0].config.scaling_factor == 0.5
+    assert load(comfy, "allegro_tiny_t2v.safetensors").model.latent_format.scale_factor == 0.13

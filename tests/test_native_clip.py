@@ -51,7 +51,7 @@ def tiny_xxl_config(comfy, tiny_xxl_file, monkeypatch):
 
 def encode_graph(clip_node: dict) -> dict:
     return {"clip": clip_node,
-            "text": {"class_type": "AllegroTextEncode", "inputs": {
+            "text": {"class_type": "AllegroVideo_TextEncode", "inputs": {
                 "clip": ["clip", 0], "prompt": PROMPT, "negative_prompt": NEGATIVE, "use_template": True,
                 "clean_caption": True}}}
 
@@ -67,7 +67,7 @@ def conditioning(comfy, graph) -> tuple:
 
 
 def folder_t5(dtype: str) -> dict:
-    return {"class_type": "AllegroT5Loader", "inputs": {"text_encoder": T2V, "dtype": dtype}}
+    return {"class_type": "AllegroVideo_T5Loader", "inputs": {"text_encoder": T2V, "dtype": dtype}}
 
 
 @pytest.mark.parametrize("clip_type", ["mochi", "ltxv"])

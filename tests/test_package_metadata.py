@@ -18,7 +18,8 @@ def requirement_names(path) -> list[str]:
 
 def test_the_registry_section_is_complete():
     project, comfy = PYPROJECT["project"], PYPROJECT["tool"]["comfy"]
-    assert project["name"] == "comfyui-allegro" and re.fullmatch(r"\d+\.\d+\.\d+", project["version"])
+    # Registry names are unique: "comfyui-allegro" is the other Allegro pack's (bombax-xiaoice).
+    assert project["name"] == "comfyui-allegro-video" and re.fullmatch(r"\d+\.\d+\.\d+", project["version"])
     assert project["description"] and project["license"] and project["urls"]["Repository"]
     assert comfy["PublisherId"] and comfy["DisplayName"] == "ComfyUI-Allegro"
     # The icon URL points at a file of this repository.

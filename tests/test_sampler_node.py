@@ -14,20 +14,20 @@ FRAMES, SIZE = 8, 64
 def graph(steps=3, sampler="euler_ancestral", scheduler="linspace (reference)", noise="reference", denoise=1.0,
           latent=None, cache=None) -> dict:
     nodes = {
-        "t5": {"class_type": "AllegroT5Loader", "inputs": {"text_encoder": T2V, "dtype": "fp32"}},
-        "dit": {"class_type": "AllegroModelLoader", "inputs": {"model_name": T2V, "weight_dtype": "fp32"}},
-        "text": {"class_type": "AllegroTextEncode", "inputs": {
+        "t5": {"class_type": "AllegroVideo_T5Loader", "inputs": {"text_encoder": T2V, "dtype": "fp32"}},
+        "dit": {"class_type": "AllegroVideo_ModelLoader", "inputs": {"model_name": T2V, "weight_dtype": "fp32"}},
+        "text": {"class_type": "AllegroVideo_TextEncode", "inputs": {
             "clip": ["t5", 0], "prompt": "waves roll onto a beach", "negative_prompt": "blurry",
             "use_template": False, "clean_caption": True}},
-        "latent": latent or {"class_type": "AllegroEmptyLatentVideo",
+        "latent": latent or {"class_type": "AllegroVideo_EmptyLatentVideo",
                              "inputs": {"width": SIZE, "height": SIZE, "length": FRAMES, "batch_size": 1}},
-        "sample": {"class_type": "AllegroSampler", "inputs": {
+        "sample": {"class_type": "AllegroVideo_Sampler", "inputs": {
             "model": ["dit", 0], "positive": ["text", 0], "negative": ["text", 1], "latent": ["latent", 0],
             "seed": 3, "steps": steps, "cfg": 7.5, "sampler_name": sampler, "scheduler": scheduler,
             "noise_stream": noise, "denoise": denoise}},
     }
     if cache is not None:
-        nodes["cache"] = {"class_type": "AllegroStepCache", "inputs": {"model": ["dit", 0], **cache}}
+        nodes["cache"] = {"class_type": "AllegroVideo_StepCache", "inputs": {"model": ["dit", 0], **cache}}
         nodes["sample"]["inputs"]["model"] = ["cache", 0]
     return nodes
 

@@ -30,21 +30,21 @@ def reference_video(folder, scheduler_class, steps, cfg=7.5) -> torch.Tensor:
 def t2v_graph(folder_choice, steps, cfg=7.5, sampler="euler_ancestral", scheduler="linspace (reference)",
               noise="reference", stock_sampler=False):
     graph = {
-        "t5": {"class_type": "AllegroT5Loader", "inputs": {"text_encoder": folder_choice, "dtype": "fp32"}},
-        "dit": {"class_type": "AllegroModelLoader", "inputs": {"model_name": folder_choice, "weight_dtype": "fp32"}},
-        "vae": {"class_type": "AllegroVAELoader", "inputs": {"vae_name": folder_choice, "dtype": "fp32"}},
-        "text": {"class_type": "AllegroTextEncode", "inputs": {
+        "t5": {"class_type": "AllegroVideo_T5Loader", "inputs": {"text_encoder": folder_choice, "dtype": "fp32"}},
+        "dit": {"class_type": "AllegroVideo_ModelLoader", "inputs": {"model_name": folder_choice, "weight_dtype": "fp32"}},
+        "vae": {"class_type": "AllegroVideo_VAELoader", "inputs": {"vae_name": folder_choice, "dtype": "fp32"}},
+        "text": {"class_type": "AllegroVideo_TextEncode", "inputs": {
             "clip": ["t5", 0], "prompt": PROMPT, "negative_prompt": NEGATIVE, "use_template": False, "clean_caption": True}},
-        "latent": {"class_type": "AllegroEmptyLatentVideo", "inputs": {
+        "latent": {"class_type": "AllegroVideo_EmptyLatentVideo", "inputs": {
             "width": WIDTH, "height": HEIGHT, "length": FRAMES, "batch_size": 1}},
-        "decode": {"class_type": "AllegroVAEDecode", "inputs": {"samples": ["sample", 0], "vae": ["vae", 0]}},
+        "decode": {"class_type": "AllegroVideo_VAEDecode", "inputs": {"samples": ["sample", 0], "vae": ["vae", 0]}},
     }
     if stock_sampler:
         graph["sample"] = {"class_type": "KSampler", "inputs": {
             "model": ["dit", 0], "positive": ["text", 0], "negative": ["text", 1], "latent_image": ["latent", 0],
             "seed": SEED, "steps": steps, "cfg": cfg, "sampler_name": sampler, "scheduler": scheduler, "denoise": 1.0}}
     else:
-        graph["sample"] = {"class_type": "AllegroSampler", "inputs": {
+        graph["sample"] = {"class_type": "AllegroVideo_Sampler", "inputs": {
             "model": ["dit", 0], "positive": ["text", 0], "negative": ["text", 1], "latent": ["latent", 0],
             "seed": SEED, "steps": steps, "cfg": cfg, "sampler_name": sampler, "scheduler": scheduler,
             "noise_stream": noise, "denoise": 1.0}}

@@ -97,7 +97,7 @@ def test_stock_ksampler_runs_ti2v_and_alpha_images_work(comfy, tiny_models, imag
 def test_t2v_and_ti2v_mixups_are_clear_errors(comfy, tiny_models, images, model, with_ti2v, message):
     graph = ti2v_graph(comfy, model=model, with_ti2v=with_ti2v)
     if not with_ti2v:
-        graph["latent"] = {"class_type": "AllegroEmptyLatentVideo", "inputs": {
+        graph["latent"] = {"class_type": "AllegroVideo_EmptyLatentVideo", "inputs": {
             "width": WIDTH, "height": HEIGHT, "length": FRAMES, "batch_size": 1}}
         graph[SAMPLER]["inputs"]["latent"] = ["latent", 0]
         image = graph[CONDITIONING]["inputs"]["first_frame"][0]
@@ -105,3 +105,20 @@ def test_t2v_and_ti2v_mixups_are_clear_errors(comfy, tiny_models, images, model,
     result = comfy.run(graph, targets=[DECODE])
     assert result.status == "error"
     assert message in result.error["exception_message"]
+
+
+def test_a_vae_with_another_latent_scale_is_a_clear_error(comfy, tiny_models, images):
+    """The TI2V conditioning is in the VAE's latent space; a model sampling at another scale would read it
+    wrongly, so the mix is refused, naming both scales."""
+    import json
+    from safetensors.torch import load_file, save_file
+    path = tiny_models["vae_file"].with_name("allegro_tiny_vae_scale_0.5.safetensors")
+    if not path.exists():
+        config = json.loads(json.dumps({"scaling_factor": 0.5, "norm_num_groups": 4, "sample_size": 240}))
+        save_file(load_file(tiny_models["vae_file"]), path, metadata={"config": json.dumps(config)})
+    graph = ti2v_graph(comfy)
+    vae_node = next(key for key, node in graph.items() if node["class_type"] == "AllegroVideo_VAELoader")
+    graph[vae_node]["inputs"]["vae_name"] = path.name
+    result = comfy.run(graph, targets=[DECODE])
+    assert result.status == "error"
+    assert "latent scale is 0.5, but the model samples at 0.13" in result.error["exception_message"]

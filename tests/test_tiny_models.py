@@ -6,10 +6,11 @@ import json
 import pytest
 import torch
 
-from allegro.checkpoints import (
-    find_component, identify, infer_transformer_config, infer_vae_config, normalise_transformer_config,
-    read_diffusers_component, read_safetensors,
-)
+from dataclasses import replace
+
+from allegro.checkpoint_kinds import identify
+from allegro.checkpoints import find_component, read_checkpoint, read_diffusers_component, read_safetensors
+from allegro.config import decide_transformer_config, decide_vae_config, transformer_config_from_dict
 from allegro_devtools.random_models import TI2V_BRANCHES, write_all
 
 
@@ -85,9 +86,8 @@ def test_ti2v_folder_has_original_config_and_extra_branches(tiny_models):
     folder = find_component(tiny_models["diffusers_ti2v"], "transformer")
     config, weights, _ = read_diffusers_component(folder)
     assert config["_class_name"] == "AllegroTransformerTI2V3DModel" and config["sample_size"] == [20, 20]
-    normalised = normalise_transformer_config(config)
     t2v_config, t2v_weights, _ = read_diffusers_component(tiny_models["diffusers_t2v"] / "transformer")
-    assert normalised == {**normalise_transformer_config(t2v_config), "ti2v": True}
+    assert transformer_config_from_dict(config) == replace(transformer_config_from_dict(t2v_config), ti2v=True)
     assert identify(weights) == "allegro_ti2v"
     extra = set(weights) - set(t2v_weights)
     assert extra == {f"{b}.{part}" for b in TI2V_BRANCHES for part in ("0.proj.weight", "0.proj.bias", "1.weight")}
@@ -98,29 +98,27 @@ def test_ti2v_folder_has_original_config_and_extra_branches(tiny_models):
     assert weights["pos_embed_mask.1.weight"].shape == (48, 48)
 
 
-def test_single_files_are_recognised_and_their_configs_inferred(tiny_models):
-    folder_config = normalise_transformer_config(
-        read_diffusers_component(tiny_models["diffusers_t2v"] / "transformer")[0])
-    weights, metadata = read_safetensors(tiny_models["t2v_file"])
-    assert identify(weights) == "allegro_t2v"
-    assert infer_transformer_config(weights, metadata) == folder_config
-    weights, metadata = read_safetensors(tiny_models["ti2v_file"])
-    assert identify(weights) == "allegro_ti2v"
-    assert infer_transformer_config(weights, metadata) == {**folder_config, "ti2v": True}
-    weights, metadata = read_safetensors(tiny_models["t2v_w192_file"])
-    assert metadata == {} and identify(weights) == "allegro_t2v"
-    wide = infer_transformer_config(weights, metadata)
-    assert (wide["num_attention_heads"], wide["attention_head_dim"], wide["cross_attention_dim"]) == (2, 96, 192)
+def test_single_files_are_recognised_and_their_configs_decided(tiny_models):
+    def decided(name):
+        checkpoint = read_checkpoint(tiny_models[name], "transformer")
+        kind = identify(checkpoint.weights)
+        return kind, decide_transformer_config(checkpoint.weights, kind, checkpoint.declared, name)
+    kind, folder_config = decided("diffusers_t2v")
+    assert kind == "allegro_t2v" and decided("t2v_file") == (kind, folder_config)
+    ti2v = replace(folder_config, ti2v=True, rope_shares_equal_lengths=True)
+    assert decided("ti2v_file") == ("allegro_ti2v", ti2v) == decided("diffusers_ti2v")
+    assert read_checkpoint(tiny_models["t2v_w192_file"], "transformer").declared is None
+    kind, wide = decided("t2v_w192_file")
+    assert (kind, wide.num_attention_heads, wide.attention_head_dim, wide.cross_attention_dim) == ("allegro_t2v", 2, 96,
+                                                                                                   192)
     for component, kind in (("transformer", "allegro_t2v"), ("vae", "allegro_vae")):
         assert identify(read_diffusers_component(tiny_models["diffusers_t2v"] / component)[1]) == kind
-    weights, metadata = read_safetensors(tiny_models["vae_file"])
-    assert identify(weights) == "allegro_vae"
-    vae_folder_config = json.loads((tiny_models["diffusers_t2v"] / "vae" / "config.json").read_text())
-    inferred = infer_vae_config(weights, metadata)
-    for key in ("block_out_channels", "layers_per_block", "latent_channels", "norm_num_groups", "sample_size",
-                "scaling_factor", "temporal_downsample_blocks", "temporal_upsample_blocks"):
-        expected = vae_folder_config[key]
-        assert (list(inferred[key]) if isinstance(inferred[key], tuple) else inferred[key]) == expected, key
+    file, folder = read_checkpoint(tiny_models["vae_file"], "vae"), read_checkpoint(tiny_models["diffusers_t2v"], "vae")
+    assert identify(file.weights) == "allegro_vae"
+    assert decide_vae_config(file.weights, file.declared, "file") == decide_vae_config(folder.weights, folder.declared,
+                                                                                      "folder")
+    # A pipeline folder's transformer comes with its VAE's config (the latent scale the DiT samples at).
+    assert read_checkpoint(tiny_models["diffusers_t2v"], "transformer").companions["vae"]["scaling_factor"] == 0.13
 
 
 @pytest.mark.parametrize("component", ["transformer", "vae", "text_encoder", "tokenizer", "scheduler"])

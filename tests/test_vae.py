@@ -1,11 +1,14 @@
 """The Allegro VAE equals diffusers' AutoencoderKLAllegro: same tensor names, same tile outputs, and
 the same tiled decode/encode wherever diffusers' tile grid is complete; elsewhere every pixel is
 decoded and seams are blended; the TI2V encode shortcut equals encoding the full black video."""
+from dataclasses import replace
+
 import pytest
 import torch
 from diffusers import AutoencoderKLAllegro
 
-from allegro.vae import AllegroVAE, VAEConfig
+from allegro.config import RELEASE_VAE, VAEConfig, vae_config_from_dict
+from allegro.vae import AllegroVAE
 from allegro.vae_blocks import conv3d, temporal_pointwise_conv
 from allegro.vae_tiling import TileSettings, axis_tiles, encode_conditioning_video, tiled_decode, tiled_encode
 
@@ -20,7 +23,7 @@ def vaes():
     torch.manual_seed(0)
     reference = AutoencoderKLAllegro(**TINY).eval()
     reference.enable_tiling()
-    ours = AllegroVAE(VAEConfig.from_dict(dict(reference.config))).eval()
+    ours = AllegroVAE(vae_config_from_dict(dict(reference.config))).eval()
     ours.load_state_dict(reference.state_dict(), strict=True)
     return reference, ours
 
@@ -35,17 +38,6 @@ def test_tensor_names_equal_diffusers_at_full_size():
     theirs, mine = reference.state_dict(), ours.state_dict()
     assert len(mine) == 704 and sorted(mine) == sorted(theirs)
     assert all(mine[k].shape == theirs[k].shape for k in mine)
-
-
-def test_config_reads_both_key_styles():
-    assert VAEConfig().scaling_factor == 0.13
-    diffusers_style = VAEConfig.from_dict({"scaling_factor": 0.13, "block_out_channels": [8, 8, 16, 16],
-                                           "temporal_downsample_blocks": [True, True, False, False], "sample_size": 320})
-    original_style = VAEConfig.from_dict({"scale_factor": 0.13, "block_out_channels": [8, 8, 16, 16],
-                                          "blocks_tempdown_li": [True, True, False, False], "chunk_len": 24,
-                                          "t_over": 8, "tile_overlap": [120, 80], "sample_size": 320})
-    assert diffusers_style == original_style
-    assert original_style.tile_overlap == (8, 120, 80) and original_style.spatial_factor == 8
 
 
 def test_single_tile_equals_diffusers(vaes):
@@ -209,11 +201,14 @@ def test_progress_and_cancel_between_tiles():
     assert vae.decoded == 3
 
 
+RELEASE_TILES = TileSettings.from_config(RELEASE_VAE)
+
+
 @pytest.mark.parametrize("settings,message", [
-    (TileSettings(frames=22), "tile frames must be a positive multiple of 4"),
-    (TileSettings(height=100), "tile height must be a positive multiple of 8"),
-    (TileSettings(overlap_width=320), "overlap in width must be a multiple of 8 pixels from 0 to 312"),
-    (TileSettings(overlap_frames=6), "overlap in frames must be a multiple of 4"),
+    (replace(RELEASE_TILES, frames=22), "tile frames must be a positive multiple of 4"),
+    (replace(RELEASE_TILES, height=100), "tile height must be a positive multiple of 8"),
+    (replace(RELEASE_TILES, overlap_width=320), "overlap in width must be a multiple of 8 pixels from 0 to 312"),
+    (replace(RELEASE_TILES, overlap_frames=6), "overlap in frames must be a multiple of 4"),
 ])
 def test_invalid_tile_settings_name_the_allowed_values(settings, message):
     with pytest.raises(ValueError, match=message):

@@ -4,7 +4,6 @@ every saved widget value and link accepted by the node definitions, and a Note a
 
 The browser suite (test_browser.py) loads the same files through the real front-end and runs them."""
 import copy
-import json
 
 import pytest
 
@@ -78,7 +77,7 @@ def test_the_readme_names_the_third_party_packs_and_node_types():
 def test_a_workflow_naming_an_undefined_node_fails_the_check(object_info):
     """The check above can fail: one node renamed to a type nobody defines is reported, by name."""
     workflow = copy.deepcopy(load_workflow(WORKFLOWS["allegro_t2v"]))
-    sampler = next(node for node in workflow["nodes"] if node["type"] == "AllegroSampler")
+    sampler = next(node for node in workflow["nodes"] if node["type"] == "AllegroVideo_Sampler")
     sampler["type"] = "AllegroSamplerThatDoesNotExist"
     assert unknown_node_types(workflow, object_info) == {"AllegroSamplerThatDoesNotExist"}
     assert "AllegroSamplerThatDoesNotExist" not in THIRD_PARTY_NODE_TYPES
@@ -86,7 +85,7 @@ def test_a_workflow_naming_an_undefined_node_fails_the_check(object_info):
 
 def test_a_bad_saved_value_fails_the_check(object_info):
     workflow = copy.deepcopy(load_workflow(WORKFLOWS["allegro_t2v"]))
-    latent = next(node for node in workflow["nodes"] if node["type"] == "AllegroEmptyLatentVideo")
+    latent = next(node for node in workflow["nodes"] if node["type"] == "AllegroVideo_EmptyLatentVideo")
     latent["widgets_values"][0] = 100000
     assert any("width" in problem for problem in widget_problems(workflow, object_info))
 
