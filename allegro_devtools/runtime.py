@@ -25,6 +25,8 @@ def prepare_base_dir(base: Path) -> Path:
     base = Path(base)
     (base / "custom_nodes").mkdir(parents=True, exist_ok=True)
     link = base / "custom_nodes" / PACKAGE_DIR_NAME
+    if link.is_symlink() and link.resolve() != REPO_ROOT.resolve():
+        link.unlink()          # a link to another (or a deleted) checkout of this package
     if not link.exists():
         link.symlink_to(REPO_ROOT, target_is_directory=True)
     for name in MODEL_FOLDERS:
