@@ -164,7 +164,9 @@ def test_skip_layer_guidance_changes_the_result(comfy, tiny_models):
     slg = ("SkipLayerGuidanceDiT", {"double_layers": "1", "single_layers": "", "scale": 3.0,
                                     "start_percent": 0.0, "end_percent": 1.0, "rescaling_scale": 0.0})
     guided = sampled(comfy, graph(steps=4, patches=[slg]))
-    assert not torch.allclose(guided, plain)
+    # Well beyond the rounding of running the cond alone instead of batched with the uncond.
+    relative = ((guided - plain).norm() / plain.norm()).item()
+    assert relative > 1e-3, relative
 
 
 def test_attention_override_in_transformer_options_runs_instead(comfy, tiny_models):
