@@ -8,6 +8,7 @@ from comfy_api.v0_0_2 import ComfyExtension, io
 from .latent import AllegroEmptyLatentVideo
 from .loaders import AllegroModelLoader, AllegroT5Loader, AllegroVAELoader
 from .lora import AllegroLoraLoader
+from .previews import keep_runtime_preview_setting
 from .sampler import AllegroSampler
 from .step_cache import AllegroStepCache
 from .text_encode import AllegroTextEncode
@@ -54,4 +55,5 @@ class AllegroExtension(ComfyExtension):
 
 
 async def comfy_entrypoint() -> AllegroExtension:
+    keep_runtime_preview_setting()             # previews: see nodes/previews.py
     return AllegroExtension()
