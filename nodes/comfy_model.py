@@ -21,7 +21,8 @@ import comfy.patcher_extension
 import comfy.supported_models_base
 import comfy.utils
 
-from ..allegro.config import LATENT_CHANNELS, LATENT_SCALE, SPATIAL_FACTOR, TEMPORAL_FACTOR, TransformerConfig
+from ..allegro.config import (LATENT_CHANNELS, LATENT_SCALE, SPATIAL_FACTOR, TEMPORAL_FACTOR, TEXT_TOKENS,
+                              TransformerConfig)
 from ..allegro.schedule import sigma_at, timestep_at, training_sigmas
 from ..allegro.transformer import AllegroTransformer3D
 from . import comfy_compat
@@ -176,11 +177,18 @@ class AllegroBaseModel(comfy.model_base.BaseModel):
 
     def extra_conds(self, **kwargs):
         out = super().extra_conds(**kwargs)
-        attention_mask = kwargs.get("attention_mask")
+        attention_mask, cross_attn = kwargs.get("attention_mask"), kwargs.get("cross_attn")
+        if attention_mask is not None and cross_attn is not None and attention_mask.shape[-1] != cross_attn.shape[1]:
+            raise ValueError(
+                f"The text conditioning has {cross_attn.shape[1]} tokens but an attention mask for "
+                f"{attention_mask.shape[-1]}: 'Conditioning (Concat)' joined two prompts and kept only the first "
+                "one's mask, so Allegro cannot tell which of the added tokens are padding. Write both parts in one "
+                f"'Allegro Text Encode' prompt (T5 reads {TEXT_TOKENS} tokens), or mix two prompts with "
+                "'Conditioning (Combine)'.")
         if attention_mask is not None:
             out["attention_mask"] = comfy.conds.CONDRegular(attention_mask)
-        cross_attn = kwargs.get("cross_attn")
         if cross_attn is not None:
+            # Not CONDCrossAttn, which repeats shorter captions to a common length: their masks would not follow.
             out["c_crossattn"] = comfy.conds.CONDRegular(cross_attn)
         return out
 
