@@ -9,7 +9,11 @@ the 0.3.75 behaviour elsewhere. What newer releases added, as read from their so
   load, so the dynamic patcher can cast what it streams.
 - `ModelPatcher.cached_patcher_init`: a factory that rebuilds the model from its files, for
   `clone(force_deepcopy=True)`, non-dynamic delegates and multi-GPU copies (see nodes/loaders.py).
+- model configs' `set_inference_dtype(dtype, manual_cast_dtype, device=...)`: core loaders pass the load
+  device where the method takes it.
 """
+import inspect
+
 import comfy.model_management
 import comfy.model_patcher
 
@@ -37,3 +41,11 @@ def load_weights(module, state_dict: dict, patcher):
     """module.load_state_dict as core loads weights for `patcher`: a dynamic patcher keeps the state
     dict's own tensors (assign), any other copies them into the module's parameters."""
     return module.load_state_dict(state_dict, strict=False, assign=is_dynamic(patcher))
+
+
+def set_inference_dtype(model_config, dtype, manual_cast_dtype, device) -> None:
+    """model_config.set_inference_dtype as core loaders call it: with the load device where it takes one."""
+    if "device" in inspect.signature(model_config.set_inference_dtype).parameters:
+        model_config.set_inference_dtype(dtype, manual_cast_dtype, device=device)
+    else:
+        model_config.set_inference_dtype(dtype, manual_cast_dtype)

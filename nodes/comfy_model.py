@@ -207,7 +207,7 @@ def build_model(config: TransformerConfig, state_dict: dict, weight_dtype=None, 
                                                          supported_dtypes=model_config.supported_inference_dtypes)
     manual_cast_dtype = comfy.model_management.unet_manual_cast(weight_dtype, load_device,
                                                                 model_config.supported_inference_dtypes)
-    model_config.set_inference_dtype(weight_dtype, manual_cast_dtype)
+    comfy_compat.set_inference_dtype(model_config, weight_dtype, manual_cast_dtype, load_device)
     model = model_config.get_model(state_dict, device=offload_device)
     # As core loaders: the patcher first, then the weights, loaded the way that patcher needs them.
     patcher = comfy_compat.patcher_class(disable_dynamic)(model, load_device=load_device, offload_device=offload_device)

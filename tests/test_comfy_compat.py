@@ -159,6 +159,21 @@ def test_vae_patcher_factory_rebuilds_the_vae(comfy, tiny_models):
     assert original.keys() == fresh.keys() and all(torch.equal(original[k], fresh[k]) for k in original)
 
 
+def test_model_config_gets_the_load_device_where_it_takes_one(comfy, tiny_models, monkeypatch):
+    """Newer ComfyUI's model configs take set_inference_dtype(dtype, manual_cast_dtype, device=...)."""
+    from comfy import model_management, supported_models_base
+    original = supported_models_base.BASE.set_inference_dtype
+    devices = []
+
+    def newer(self, dtype, manual_cast_dtype, device=None):
+        devices.append(device)
+        return original(self, dtype, manual_cast_dtype)
+
+    monkeypatch.setattr(supported_models_base.BASE, "set_inference_dtype", newer)
+    model = load_model(comfy)
+    assert devices == [model_management.get_torch_device()] and model.model.get_dtype() == torch.float32
+
+
 # --- LatentFormat --------------------------------------------------------------------------------
 
 def test_latent_format_states_the_vae_compression(comfy, tiny_models):
