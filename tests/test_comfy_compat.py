@@ -25,11 +25,13 @@ def frames(count=8, size=64, seed=0):
 
 # --- comfy_sd.VAE ------------------------------------------------------------------------------
 
-def test_vae_has_every_attribute_a_core_vae_has(comfy, tiny_models):
+def test_vae_has_every_attribute_a_core_vae_has(comfy, tiny_models, caplog):
     from comfy import sd as comfy_sd
     # A real core VAE of this ComfyUI, the smallest it builds (TAESD), whatever attributes this release sets.
     core = comfy_sd.VAE(sd={"taesd_decoder.1.weight": torch.zeros(64, 4, 3, 3)})
+    caplog.clear()
     ours = load_vae(comfy)
+    assert "No VAE weights" not in caplog.text            # the constructor's warning about its empty input
     assert set(vars(core)) - set(vars(ours)) == set()
     # The defaults it takes from the constructor keep their meaning for a video VAE.
     assert (ours.latent_dim, ours.latent_channels, ours.not_video) == (3, 4, False)
