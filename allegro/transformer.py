@@ -9,6 +9,11 @@ final layer's timestep embedding; its input is 12 channels: [noisy latent, maske
 
 Every Linear/Conv/LayerNorm is built through `operations` (torch.nn by default) so a host such
 as ComfyUI can pass its own layer classes (weight casting, low-VRAM offload, fp8 storage).
+
+Hooks for a host, all optional and opaque to this module: `attention` (a callable the model's
+attention layers call; a host may swap it), `options` (any object a host passes to `forward`; it is
+handed on to the attention callable and to the block hook untouched), and `block_hook` (called in
+place of each transformer block, so a host can replace, skip or observe blocks).
 """
 import math
 
@@ -90,17 +95,19 @@ class Attention(nn.Module):
         self.to_v = ops.Linear(context_dim, inner, bias=bias, **factory)
         self.to_out = nn.ModuleList([ops.Linear(inner, dim, bias=True, **factory)])
 
-    def forward(self, x, context, attention, mask=None, rope=None):
+    def forward(self, x, context, attention, mask=None, rope=None, options=None):
         """x [B, N, dim], context [B, L, context_dim], mask additive [B, 1, 1, L] → [B, N, dim]."""
         q, k, v = self.to_q(x), self.to_k(context), self.to_v(context)
         q, k, v = (t.unflatten(-1, (self.heads, -1)).transpose(1, 2) for t in (q, k, v))   # [B, heads, *, d]
         if rope is not None:
             q, k = rope.apply(q), rope.apply(k)
-        out = attention(q, k, v, mask)                                       # [B, heads, N, d]
+        # [B, heads, N, d]; a host's options reach its attention callable, plain callables never see them.
+        out = attention(q, k, v, mask) if options is None else attention(q, k, v, mask, options)
         return self.to_out[0](out.transpose(1, 2).flatten(2).to(q.dtype))
 
 
-def sdpa_attention(q, k, v, mask=None):
+def sdpa_attention(q, k, v, mask=None, options=None):
+    """The default attention: PyTorch SDPA on [B, heads, N, d] with an additive mask."""
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
 
 
@@ -153,12 +160,12 @@ class TransformerBlock(nn.Module):
         shift_msa, scale_msa = self.modulations(x, modulation)[:2]
         return self.norm1(x) * (1 + scale_msa) + shift_msa
 
-    def forward(self, x, context, modulation, context_bias, rope, attention):
+    def forward(self, x, context, modulation, context_bias, rope, attention, options=None):
         """x [B, N, dim]; modulation [B, 6*dim]; context [B, L, dim]; context_bias [B, 1, 1, L]."""
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = self.modulations(x, modulation)
         normed = self.norm1(x) * (1 + scale_msa) + shift_msa
-        x = gate_msa * self.attn1(normed, normed, attention, rope=rope) + x
-        x = self.attn2(x, context, attention, mask=context_bias) + x
+        x = gate_msa * self.attn1(normed, normed, attention, rope=rope, options=options) + x
+        x = self.attn2(x, context, attention, mask=context_bias, options=options) + x
         normed = self.norm2(x) * (1 + scale_mlp) + shift_mlp
         return gate_mlp * self.ff(normed) + x
 
@@ -230,9 +237,19 @@ class AllegroTransformer3D(nn.Module):
             context_bias = ((1 - context_mask.to(tokens.dtype)) * -10000.0)[:, None, None, :]
         return tokens, modulation, embedded_timestep, context, context_bias
 
-    def run_blocks(self, tokens, context, modulation, context_bias, rope):
-        for block in self.transformer_blocks:
-            tokens = block(tokens, context, modulation, context_bias, rope, self.attention)
+    def run_blocks(self, tokens, context, modulation, context_bias, rope, options=None, block_hook=None):
+        """Every transformer block in turn. With a `block_hook`, block i runs as
+        block_hook(i, run, tokens, context, modulation, rope) where run(tokens, context, modulation, rope)
+        runs the block itself (the caption mask, attention and options are bound): the hook returns the
+        block's output tokens, by calling `run` or in its place."""
+        for index, block in enumerate(self.transformer_blocks):
+            if block_hook is None:
+                tokens = block(tokens, context, modulation, context_bias, rope, self.attention, options)
+                continue
+
+            def run(tokens, context, modulation, rope, block=block):
+                return block(tokens, context, modulation, context_bias, rope, self.attention, options)
+            tokens = block_hook(index, run, tokens, context, modulation, rope)
         return tokens
 
     def unpatchify(self, tokens, embedded_timestep, grid):
@@ -244,7 +261,8 @@ class AllegroTransformer3D(nn.Module):
         out = out.permute(0, 6, 1, 2, 4, 3, 5)                                     # [B, C, T, h, p, w, p]
         return out.reshape(out.shape[0], c.out_channels, frames, rows * p, cols * p)
 
-    def forward(self, x, timestep, context, context_mask=None, step_cache=None, cache_key=None, progress=0.0):
+    def forward(self, x, timestep, context, context_mask=None, step_cache=None, cache_key=None, progress=0.0,
+                options=None, block_hook=None):
         """
         x:            [B, C, T, H, W] scaled model input; C = 4 (T2V) or 12 (TI2V: noisy,
                       masked-video latent, folded frame mask)
@@ -253,6 +271,8 @@ class AllegroTransformer3D(nn.Module):
         context_mask: [B, L] 1 for real tokens, 0 for padding (None: all real)
         step_cache:   optional step_cache.StepCache; cache_key names the stream (e.g. the CFG
                       batch layout) and progress (0..1) the position in the sampling run
+        options:      optional host object handed to the attention callable (see Attention)
+        block_hook:   optional callable run in place of each block (see run_blocks)
         returns:      [B, out_channels, T, H, W] predicted noise
         """
         batch, channels, frames, height, width = x.shape
@@ -264,10 +284,11 @@ class AllegroTransformer3D(nn.Module):
             raise ValueError(f"latent height and width must be multiples of {p}, got {height}x{width}")
         grid = (frames, height // p, width // p)
         tokens, modulation, embedded_timestep, context, context_bias = self.embed(x, timestep, context, context_mask)
+        rope = self.rope(grid, x.device)
         if step_cache is None:
-            tokens = self.run_blocks(tokens, context, modulation, context_bias, self.rope(grid, x.device))
+            tokens = self.run_blocks(tokens, context, modulation, context_bias, rope, options, block_hook)
         elif step_cache.should_run(cache_key, self.transformer_blocks[0].modulated_input(tokens, modulation), progress):
-            output = self.run_blocks(tokens, context, modulation, context_bias, self.rope(grid, x.device))
+            output = self.run_blocks(tokens, context, modulation, context_bias, rope, options, block_hook)
             step_cache.store(cache_key, output - tokens)
             tokens = output
         else:

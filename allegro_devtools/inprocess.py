@@ -130,9 +130,10 @@ class InProcessComfy:
                 raise AssertionError(f"graph rejected at node {target}: {errors}")
         return list(targets)
 
-    def run(self, prompt: dict, targets=None, fresh: bool = True) -> RunResult:
+    def run(self, prompt: dict, targets=None, fresh: bool = True, extra_data: dict | None = None) -> RunResult:
         """Validate and execute an API-format graph, up to its output nodes or the given `targets`;
-        `fresh` drops cached node outputs first."""
+        `fresh` drops cached node outputs first; `extra_data` is what a client sends beside the prompt
+        (e.g. the front-end's "preview_method")."""
         if targets is None:
             ok, error, _outputs, node_errors = asyncio.run(
                 self.execution.validate_prompt(str(uuid.uuid4()), prompt, None))
@@ -147,7 +148,8 @@ class InProcessComfy:
         prompt_id = str(uuid.uuid4())
         self.server.last_prompt_id = prompt_id
         # With a client id, ComfyUI also sends the messages meant for the submitting client (errors).
-        self.executor.execute(prompt, prompt_id, extra_data={"client_id": "tests"}, execute_outputs=list(_outputs))
+        self.executor.execute(prompt, prompt_id, extra_data={"client_id": "tests", **(extra_data or {})},
+                              execute_outputs=list(_outputs))
         events = [event for event, _ in self.server.messages]
         status = ("success" if "execution_success" in events
                   else "interrupted" if "execution_interrupted" in events else "error")

@@ -99,8 +99,8 @@ def with_attention(model, function):
     def job_wrapper(job):
         def run():
             previous = dit.attention
-            dit.attention = lambda q, k, v, mask=None: function(q, k, v, q.shape[1], mask=mask, skip_reshape=True,
-                                                                skip_output_reshape=True)
+            dit.attention = lambda q, k, v, mask=None, options=None: function(q, k, v, q.shape[1], mask=mask,
+                                                                               skip_reshape=True, skip_output_reshape=True)
             try:
                 return job()
             finally:

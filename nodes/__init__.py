@@ -7,6 +7,8 @@ from comfy_api.v0_0_2 import ComfyExtension, io
 
 from .latent import AllegroEmptyLatentVideo
 from .loaders import AllegroModelLoader, AllegroT5Loader, AllegroVAELoader
+from .lora import AllegroLoraLoader
+from .previews import keep_runtime_preview_setting
 from .sampler import AllegroSampler
 from .step_cache import AllegroStepCache
 from .text_encode import AllegroTextEncode
@@ -17,6 +19,7 @@ NODE_ID_PREFIX = "AllegroVideo_"
 NODES: list[type[io.ComfyNode]] = [
     AllegroModelLoader, AllegroVAELoader, AllegroT5Loader, AllegroTextEncode, AllegroEmptyLatentVideo,
     AllegroSampler, AllegroVAEDecode, AllegroVAEEncode, AllegroTI2VConditioning, AllegroStepCache,
+    AllegroLoraLoader,
 ]
 # The ids this package used before the prefix (version 0.1): ComfyUI versions with node replacement
 # open workflows saved with them as the new nodes (same inputs, same order).
@@ -52,4 +55,5 @@ class AllegroExtension(ComfyExtension):
 
 
 async def comfy_entrypoint() -> AllegroExtension:
+    keep_runtime_preview_setting()             # previews: see nodes/previews.py
     return AllegroExtension()

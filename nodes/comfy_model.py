@@ -1,6 +1,11 @@
 """Allegro as a native ComfyUI model: a BaseModel subclass over the library's DiT, wrapped in a
 ModelPatcher, so ComfyUI's model management loads, offloads and unloads it like its own models
-and the stock KSampler / SamplerCustomAdvanced / LoRA and model-patch nodes work on it."""
+and the stock KSampler / SamplerCustomAdvanced / LoRA and model-patch nodes work on it.
+
+The DiT's forward opens to core patches the way core's own DiTs do (comfy/ldm/wan): it runs through
+the DIFFUSION_MODEL wrappers (EasyCache skips steps there), hands transformer_options to ComfyUI's
+attention (per-model attention overrides), and runs patches_replace["dit"][("double_block", i)] in
+place of block i (SkipLayerGuidanceDiT and other block patches)."""
 import logging
 
 import torch
@@ -12,12 +17,15 @@ import comfy.model_base
 import comfy.model_management
 import comfy.model_patcher
 import comfy.model_sampling
+import comfy.patcher_extension
 import comfy.supported_models_base
 import comfy.utils
 
-from ..allegro.config import LATENT_CHANNELS, LATENT_SCALE, TransformerConfig
+from ..allegro.config import (LATENT_CHANNELS, LATENT_SCALE, SPATIAL_FACTOR, TEMPORAL_FACTOR, TEXT_TOKENS,
+                              TransformerConfig)
 from ..allegro.schedule import sigma_at, timestep_at, training_sigmas
 from ..allegro.transformer import AllegroTransformer3D
+from . import comfy_compat
 from .step_cache import cache_call_arguments
 from .ti2v import FRAME_MASK, LATENT_SCALE_KEY, MASKED_VIDEO
 
@@ -25,6 +33,10 @@ from .ti2v import FRAME_MASK, LATENT_SCALE_KEY, MASKED_VIDEO
 class AllegroLatentFormat(comfy.latent_formats.LatentFormat):
     latent_channels = LATENT_CHANNELS
     latent_dimensions = 3
+    # Pixels per latent pixel and frames per latent frame: newer ComfyUI reads these (context
+    # windows, size helpers); older releases ignore them.
+    spacial_downscale_ratio = SPATIAL_FACTOR
+    temporal_downscale_ratio = TEMPORAL_FACTOR
 
     def __init__(self, scale_factor: float = LATENT_SCALE):
         """scale_factor: the loaded model's (allegro.config.decide_latent_scale); the release's by default."""
@@ -59,15 +71,38 @@ class ModelSamplingAllegro(comfy.model_sampling.EPS, comfy.model_sampling.ModelS
         return noise * sigma + latent_image
 
 
-def comfy_attention(q, k, v, mask=None):
-    """ComfyUI's configured attention (SDPA, sage, flash… per its launch flags) on [B, heads, N, d]."""
+def comfy_attention(q, k, v, mask=None, transformer_options=None):
+    """ComfyUI's configured attention (SDPA, sage, flash… per its launch flags) on [B, heads, N, d].
+    With transformer_options, an `optimized_attention_override` in them (a per-model attention
+    patch) runs instead, as in core's own models."""
     attention = comfy.ldm.modules.attention
     chosen = attention.optimized_attention
     # On CPU ComfyUI falls back to its chunked attentions (made for torch without SDPA); PyTorch's SDPA is
     # exact as well and 1.6x faster over Allegro's long sequences (bench/bench_sampler.py).
     if q.device.type == "cpu" and chosen in (attention.attention_sub_quad, attention.attention_split):
         chosen = attention.attention_pytorch
-    return chosen(q, k, v, q.shape[1], mask=mask, skip_reshape=True, skip_output_reshape=True)
+    extra = {} if transformer_options is None else {"transformer_options": transformer_options}
+    return chosen(q, k, v, q.shape[1], mask=mask, skip_reshape=True, skip_output_reshape=True, **extra)
+
+
+def block_patches(transformer_options: dict):
+    """The library's block hook for ComfyUI: tells patches which block runs (block_index, as core's
+    DiTs do) and runs patches_replace["dit"][("double_block", i)] in place of block i. A replacement
+    gets {"img": tokens, "txt": captions, "vec": modulation, "pe": RoPE, "transformer_options"} and
+    {"original_block": fn(args) → {"img": tokens}}, and returns {"img": tokens}."""
+    replacements = transformer_options.get("patches_replace", {}).get("dit", {})
+
+    def hook(index, run, tokens, context, modulation, rope):
+        transformer_options["block_index"] = index
+        replacement = replacements.get(("double_block", index))
+        if replacement is None:
+            return run(tokens, context, modulation, rope)
+
+        def original_block(args):
+            return {"img": run(args["img"], args["txt"], args["vec"], args["pe"])}
+        inputs = {"img": tokens, "txt": context, "vec": modulation, "pe": rope, "transformer_options": transformer_options}
+        return replacement(inputs, {"original_block": original_block})["img"]
+    return hook
 
 
 class AllegroDiffusionModel(AllegroTransformer3D):
@@ -78,8 +113,20 @@ class AllegroDiffusionModel(AllegroTransformer3D):
         self.dtype = dtype
         self.attention = comfy_attention
 
-    def forward(self, x, timestep, context=None, attention_mask=None, control=None, transformer_options={}, **kwargs):
-        return super().forward(x, timestep, context, attention_mask, **cache_call_arguments(transformer_options))
+    def forward(self, x, timestep, context=None, attention_mask=None, transformer_options=None, **kwargs):
+        # As core's DiTs: DIFFUSION_MODEL wrappers (EasyCache, …) see transformer_options as the last
+        # positional argument.
+        transformer_options = {} if transformer_options is None else transformer_options
+        wrappers = comfy.patcher_extension.get_all_wrappers(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL,
+                                                            transformer_options)
+        return comfy.patcher_extension.WrapperExecutor.new_class_executor(self._forward, self, wrappers).execute(
+            x, timestep, context, attention_mask, transformer_options, **kwargs)
+
+    def _forward(self, x, timestep, context, attention_mask, transformer_options, control=None, **kwargs):
+        transformer_options["total_blocks"] = len(self.transformer_blocks)
+        transformer_options["block_type"] = "double"
+        return super().forward(x, timestep, context, attention_mask, options=transformer_options,
+                               block_hook=block_patches(transformer_options), **cache_call_arguments(transformer_options))
 
 
 class AllegroModelConfig(comfy.supported_models_base.BASE):
@@ -130,18 +177,26 @@ class AllegroBaseModel(comfy.model_base.BaseModel):
 
     def extra_conds(self, **kwargs):
         out = super().extra_conds(**kwargs)
-        attention_mask = kwargs.get("attention_mask")
+        attention_mask, cross_attn = kwargs.get("attention_mask"), kwargs.get("cross_attn")
+        if attention_mask is not None and cross_attn is not None and attention_mask.shape[-1] != cross_attn.shape[1]:
+            raise ValueError(
+                f"The text conditioning has {cross_attn.shape[1]} tokens but an attention mask for "
+                f"{attention_mask.shape[-1]}: 'Conditioning (Concat)' joined two prompts and kept only the first "
+                "one's mask, so Allegro cannot tell which of the added tokens are padding. Write both parts in one "
+                f"'Allegro Text Encode' prompt (T5 reads {TEXT_TOKENS} tokens), or mix two prompts with "
+                "'Conditioning (Combine)'.")
         if attention_mask is not None:
             out["attention_mask"] = comfy.conds.CONDRegular(attention_mask)
-        cross_attn = kwargs.get("cross_attn")
         if cross_attn is not None:
+            # Not CONDCrossAttn, which repeats shorter captions to a common length: their masks would not follow.
             out["c_crossattn"] = comfy.conds.CONDRegular(cross_attn)
         return out
 
 
-def build_model(config: TransformerConfig, state_dict: dict, weight_dtype=None,
-                latent_scale: float = LATENT_SCALE) -> comfy.model_patcher.ModelPatcher:
-    """A ModelPatcher over the DiT described by `config`, sampling latents scaled by `latent_scale`."""
+def build_model(config: TransformerConfig, state_dict: dict, weight_dtype=None, latent_scale: float = LATENT_SCALE,
+                disable_dynamic: bool = False) -> comfy.model_patcher.ModelPatcher:
+    """A ModelPatcher over the DiT described by `config`, sampling latents scaled by `latent_scale`; the
+    patcher core loaders use (a dynamic-VRAM one where ComfyUI runs it) unless `disable_dynamic`."""
     load_device = comfy.model_management.get_torch_device()
     offload_device = comfy.model_management.unet_offload_device()
     model_config = AllegroModelConfig({"image_model": "allegro", "allegro": config})
@@ -152,12 +207,14 @@ def build_model(config: TransformerConfig, state_dict: dict, weight_dtype=None,
                                                          supported_dtypes=model_config.supported_inference_dtypes)
     manual_cast_dtype = comfy.model_management.unet_manual_cast(weight_dtype, load_device,
                                                                 model_config.supported_inference_dtypes)
-    model_config.set_inference_dtype(weight_dtype, manual_cast_dtype)
+    comfy_compat.set_inference_dtype(model_config, weight_dtype, manual_cast_dtype, load_device)
     model = model_config.get_model(state_dict, device=offload_device)
-    missing, unexpected = model.diffusion_model.load_state_dict(state_dict, strict=False)
+    # As core loaders: the patcher first, then the weights, loaded the way that patcher needs them.
+    patcher = comfy_compat.patcher_class(disable_dynamic)(model, load_device=load_device, offload_device=offload_device)
+    missing, unexpected = comfy_compat.load_weights(model.diffusion_model, state_dict, patcher)
     if missing or unexpected:
         raise ValueError(f"The weights do not match the model config: missing {missing[:8]}, unexpected {unexpected[:8]}")
     logging.info("Allegro %s DiT: %.2fB parameters, weights %s, compute %s, latent scale %g",
                  "TI2V" if model.is_ti2v else "T2V", parameters / 1e9, weight_dtype, manual_cast_dtype or weight_dtype,
                  latent_scale)
-    return comfy.model_patcher.ModelPatcher(model, load_device=load_device, offload_device=offload_device)
+    return patcher

@@ -8,27 +8,55 @@ from dataclasses import replace
 import torch
 
 import comfy.model_management as mm
-import comfy.model_patcher
 import comfy.sd
 import comfy.utils
 
 from ..allegro.config import RELEASE_VAE, VAEConfig
 from ..allegro.vae import AllegroVAE
 from ..allegro.vae_tiling import TileSettings, encode_conditioning_video, tiled_decode, tiled_encode
+from . import comfy_compat
 
 LIVE_ACTIVATIONS = 5       # activation-sized tensors alive at once in a tile's full-resolution stage
 
+# What comfy.sd.VAE.__init__ sets before it picks an architecture, in the newest release read (its
+# defaults): used only if that constructor cannot be run without weights (see core_defaults).
+FALLBACK_DEFAULTS = dict(pad_channel_value=None, disable_offload=False, not_video=False, size=None,
+                         extra_1d_channel=None, crop_input=True, handles_tiling=False, format_encoded=None,
+                         audio_sample_rate=44100)
+
+
+def core_defaults(vae) -> None:
+    """Give `vae` every default attribute the running ComfyUI's VAE constructor sets, whatever the
+    release (pad_channel_value in 0.8.0; handles_tiling, format_encoded, audio_sample_rate later;
+    whatever comes next): run that constructor on an empty state dict, where it sets them all and
+    stops ("no VAE weights detected") before building a network. Should a release refuse that, the
+    newest defaults known are set instead."""
+    def expected(record):                         # what it logs here, as it should for a real loader
+        return "No VAE weights" not in record.getMessage()
+    logging.root.addFilter(expected)
+    try:
+        comfy.sd.VAE.__init__(vae, sd={})
+    except Exception as error:                    # noqa: BLE001 - any refusal means: use the known defaults
+        logging.debug("comfy.sd.VAE() without weights failed (%s); using the known defaults", error)
+        for name, value in FALLBACK_DEFAULTS.items():
+            setattr(vae, name, value)
+    finally:
+        logging.root.removeFilter(expected)
+
 
 class AllegroComfyVAE(comfy.sd.VAE):
-    # comfy.sd.VAE.__init__ builds ComfyUI's own architectures from a state dict; this sets the
-    # same attributes around the Allegro network instead.
-    def __init__(self, model: AllegroVAE, dtype: torch.dtype):
+    # comfy.sd.VAE.__init__ builds ComfyUI's own architectures from a state dict; this takes its
+    # defaults and sets the rest around the Allegro network, as that constructor does for its own.
+    def __init__(self, model: AllegroVAE, dtype: torch.dtype, disable_dynamic: bool = False):
+        core_defaults(self)
         self.first_stage_model = model.eval()
         self.config: VAEConfig = model.config
         self.device = mm.vae_device()
         self.vae_dtype = dtype
         self.output_device = mm.intermediate_device()
-        self.patcher = comfy.model_patcher.ModelPatcher(model, load_device=self.device, offload_device=mm.vae_offload_device())
+        comfy_compat.archive_dtypes(model)
+        patcher_class = comfy_compat.patcher_class(disable_dynamic or self.disable_offload)
+        self.patcher = patcher_class(model, load_device=self.device, offload_device=mm.vae_offload_device())
         self.latent_channels, self.latent_dim, self.output_channels = self.config.latent_channels, 3, 3
         t, s = self.config.temporal_factor, self.config.spatial_factor
         self.upscale_ratio = (lambda frames: frames * t, s, s)
@@ -37,8 +65,6 @@ class AllegroComfyVAE(comfy.sd.VAE):
         self.process_input = lambda image: image * 2.0 - 1.0
         self.process_output = lambda image: torch.clamp((image + 1.0) / 2.0, min=0.0, max=1.0)
         self.working_dtypes = [torch.bfloat16, torch.float16, torch.float32]
-        self.disable_offload, self.not_video, self.crop_input = False, False, True
-        self.extra_1d_channel, self.size = None, None
         self.default_tiles = TileSettings.from_config(self.config)
         self.memory_used_decode = lambda shape, dtype: self.tile_memory(self.default_tiles, dtype)
         self.memory_used_encode = lambda shape, dtype: self.tile_memory(self.default_tiles, dtype)
@@ -96,15 +122,23 @@ class AllegroComfyVAE(comfy.sd.VAE):
     def decode_tiled(self, samples, tile_x=None, tile_y=None, overlap=None, tile_t=None, overlap_t=None):
         return self.decode_frames(samples, comfy_tiles(self.default_tiles, self.config, tile_x, tile_y, overlap, tile_t, overlap_t))
 
-    def encode(self, pixel_samples):
-        return self.encode_video(pixel_samples)
+    def encode(self, pixel_samples, not_video=None):
+        return self.encode_images(pixel_samples, not_video)
 
-    def encode_tiled(self, pixel_samples, tile_x=None, tile_y=None, overlap=None, tile_t=None, overlap_t=None):
+    def encode_tiled(self, pixel_samples, tile_x=None, tile_y=None, overlap=None, tile_t=None, overlap_t=None,
+                     not_video=None):
         # ComfyUI passes pixels here (latent units to decode_tiled).
         t, s = self.config.temporal_factor, self.config.spatial_factor
         in_latent = {k: (v // (t if k.endswith("_t") else s) if v is not None else None)
                      for k, v in dict(tile_x=tile_x, tile_y=tile_y, overlap=overlap, tile_t=tile_t, overlap_t=overlap_t).items()}
-        return self.encode_video(pixel_samples, comfy_tiles(self.default_tiles, self.config, **in_latent))
+        return self.encode_images(pixel_samples, not_video, comfy_tiles(self.default_tiles, self.config, **in_latent))
+
+    def encode_images(self, pixels, not_video=None, tiles: TileSettings | None = None) -> torch.Tensor:
+        """ComfyUI's meaning of `not_video` (a keyword of newer releases; None: the VAE's own, False):
+        an IMAGE batch [N, H, W, C] is the frames of one video, or with not_video N one-frame videos."""
+        if self.not_video if not_video is None else not_video:
+            return self.encode_video(pixels[:, None] if pixels.ndim == 4 else pixels, tiles)   # [N, 4, 1, h, w]
+        return self.encode_video(pixels, tiles)
 
     def get_sd(self):
         return self.first_stage_model.state_dict()
@@ -138,7 +172,7 @@ def smaller_tiles(tiles: TileSettings, config: VAEConfig) -> TileSettings | None
                    overlap_width=min(tiles.overlap_width // 2 // unit * unit, width - unit))
 
 
-def build_vae(config: VAEConfig, state_dict: dict, dtype: torch.dtype) -> AllegroComfyVAE:
+def build_vae(config: VAEConfig, state_dict: dict, dtype: torch.dtype, disable_dynamic: bool = False) -> AllegroComfyVAE:
     with torch.device("meta"):
         model = AllegroVAE(config)
     missing, unexpected = model.load_state_dict(state_dict, strict=False, assign=True)
@@ -148,4 +182,4 @@ def build_vae(config: VAEConfig, state_dict: dict, dtype: torch.dtype) -> Allegr
         logging.warning("This Allegro VAE's config gives latent scale %g (the release's is %g). A model loaded from the "
                         "same hub folder samples at that scale; a model from elsewhere does not match it.",
                         config.scaling_factor, RELEASE_VAE.scaling_factor)
-    return AllegroComfyVAE(model.to(dtype), dtype)
+    return AllegroComfyVAE(model.to(dtype), dtype, disable_dynamic)

@@ -30,6 +30,38 @@ def identify(checkpoint: Checkpoint, wanted: tuple[str, ...], node: str) -> tupl
     return found.kind, strip_prefix(checkpoint.weights, found.prefix)
 
 
+def load_model(model_name: str, weight_dtype: str, disable_dynamic: bool = False):
+    """The DiT as a ComfyUI ModelPatcher. Also the model's `cached_patcher_init` factory: newer ComfyUI
+    calls it as load_model(*args, disable_dynamic=True) to rebuild the model from its files
+    (clone(force_deepcopy=True), non-dynamic delegates) and as load_model(*args) for multi-GPU copies."""
+    from .comfy_model import build_model
+    checkpoint = sources.read(model_name, "diffusion_models", "transformer")
+    kind, weights = identify(checkpoint, ("allegro_t2v", "allegro_ti2v"), "Load Allegro Model")
+    source = str(checkpoint.source / "config.json") if checkpoint.source.is_dir() else checkpoint.source.name
+    config = allegro_config.decide_transformer_config(weights, kind, checkpoint.declared, source)
+    latent_scale = allegro_config.decide_latent_scale(checkpoint.companions.get("vae"))
+    logging.info("Loading %s from %s", KIND_DESCRIPTIONS[kind], checkpoint.source)
+    patcher = build_model(config, weights, WEIGHT_DTYPES[weight_dtype], latent_scale, disable_dynamic=disable_dynamic)
+    patcher.cached_patcher_init = (load_model, (model_name, weight_dtype))    # unread by 0.3.75 and 0.8.0
+    return patcher
+
+
+def load_vae(vae_name: str, dtype: str, disable_dynamic: bool = False):
+    """The VAE as a ComfyUI VAE; its patcher's `cached_patcher_init` is load_vae_patcher."""
+    from .comfy_vae import build_vae
+    checkpoint = sources.read(vae_name, "vae", "vae")
+    _, weights = identify(checkpoint, ("allegro_vae",), "Load Allegro VAE")
+    config = allegro_config.decide_vae_config(weights, checkpoint.declared, checkpoint.source.name)
+    vae = build_vae(config, weights, VAE_DTYPES[dtype], disable_dynamic=disable_dynamic)
+    vae.patcher.cached_patcher_init = (load_vae_patcher, (vae_name, dtype))
+    return vae
+
+
+def load_vae_patcher(vae_name: str, dtype: str, disable_dynamic: bool = False):
+    """The VAE's ModelPatcher, rebuilt from its files (the factory core calls, as for load_model)."""
+    return load_vae(vae_name, dtype, disable_dynamic).patcher
+
+
 def model_choices() -> list[str]:
     return sources.diffusers_choices("transformer") + sources.file_choices("diffusion_models")
 
@@ -67,14 +99,7 @@ class AllegroModelLoader(io.ComfyNode):
 
     @classmethod
     def execute(cls, model_name, weight_dtype) -> io.NodeOutput:
-        from .comfy_model import build_model
-        checkpoint = sources.read(model_name, "diffusion_models", "transformer")
-        kind, weights = identify(checkpoint, ("allegro_t2v", "allegro_ti2v"), "Load Allegro Model")
-        source = str(checkpoint.source / "config.json") if checkpoint.source.is_dir() else checkpoint.source.name
-        config = allegro_config.decide_transformer_config(weights, kind, checkpoint.declared, source)
-        latent_scale = allegro_config.decide_latent_scale(checkpoint.companions.get("vae"))
-        logging.info("Loading %s from %s", KIND_DESCRIPTIONS[kind], checkpoint.source)
-        return io.NodeOutput(build_model(config, weights, WEIGHT_DTYPES[weight_dtype], latent_scale))
+        return io.NodeOutput(load_model(model_name, weight_dtype))
 
 
 class AllegroVAELoader(io.ComfyNode):
@@ -104,11 +129,7 @@ class AllegroVAELoader(io.ComfyNode):
 
     @classmethod
     def execute(cls, vae_name, dtype) -> io.NodeOutput:
-        from .comfy_vae import build_vae
-        checkpoint = sources.read(vae_name, "vae", "vae")
-        _, weights = identify(checkpoint, ("allegro_vae",), "Load Allegro VAE")
-        config = allegro_config.decide_vae_config(weights, checkpoint.declared, checkpoint.source.name)
-        return io.NodeOutput(build_vae(config, weights, VAE_DTYPES[dtype]))
+        return io.NodeOutput(load_vae(vae_name, dtype))
 
 
 class AllegroT5Loader(io.ComfyNode):

@@ -21,8 +21,9 @@ def content_digest(path) -> str:
     tensors, metadata = read_safetensors(path)
     digest = hashlib.sha256(json.dumps(sorted(metadata.items())).encode())
     for name in sorted(tensors):
-        raw = tensors[name].contiguous().view(torch.uint8).numpy().tobytes()
-        digest.update(name.encode() + str(tensors[name].dtype).encode() + raw)
+        tensor = tensors[name]
+        raw = tensor.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()    # 0-d too (LoRA alphas)
+        digest.update(name.encode() + str(tensor.dtype).encode() + str(tuple(tensor.shape)).encode() + raw)
     return digest.hexdigest()
 
 

@@ -1,0 +1,65 @@
+"""LoRA files for the Allegro DiT, in the formats trainers write, renamed to one layout.
+
+A LoRA tensor's name is <prefix><module><separator><part>: <module> is a DiT module path (the same in
+diffusers, the original repo and this package, e.g. transformer_blocks.0.attn1.to_q) and <part> the
+adapter tensor (lora_A.weight / lora_B.weight, lora_down.weight / lora_up.weight, alpha, dora_scale,
+diff, …). The formats differ in prefix and separator:
+
+  ComfyUI          diffusion_model.<module>.<part>
+  diffusers / PEFT transformer.<module>.<part> (diffusers' save_lora_weights), base_model.model.<module>.<part>
+                   (a PEFT model's own state dict), or <module>.<part> with no prefix
+  kohya            lora_unet_<module with "_" for ".">.<part>   (also lora_transformer_…)
+
+`to_comfy_layout` renames every tensor to the ComfyUI form, which ComfyUI's LoRA loader maps for any
+model (its generic rule); parts are passed on unchanged, so every adapter kind ComfyUI knows works.
+Pure: no ComfyUI imports.
+"""
+from collections.abc import Iterable, Mapping
+
+COMFY_PREFIX = "diffusion_model."
+DOTTED_PREFIXES = (COMFY_PREFIX, "transformer.", "base_model.model.", "")
+KOHYA_PREFIXES = ("lora_unet_", "lora_transformer_")
+LONGEST_PART = 3            # segments of the longest adapter part, e.g. lora_A.default.weight
+
+
+def module_names(weight_names: Iterable[str]) -> set[str]:
+    """The modules a LoRA can target: every `<module>.weight` of the DiT's state dict."""
+    return {name[:-len(".weight")] for name in weight_names if name.endswith(".weight")}
+
+
+def split_key(key: str, modules: set[str], kohya_names: Mapping[str, str]) -> tuple[str, str] | None:
+    """(module, part) of one LoRA tensor name, or None when it names no module of the model."""
+    for prefix in KOHYA_PREFIXES:
+        if key.startswith(prefix) and "." in key:
+            name, part = key[len(prefix):].split(".", 1)
+            if name in kohya_names:
+                return kohya_names[name], part
+    for prefix in DOTTED_PREFIXES:
+        if not key.startswith(prefix):
+            continue
+        segments = key[len(prefix):].split(".")
+        # The longest module path that leaves a part (module paths can end where a part begins).
+        for cut in range(len(segments) - 1, max(0, len(segments) - 1 - LONGEST_PART), -1):
+            module = ".".join(segments[:cut])
+            if module in modules:
+                return module, ".".join(segments[cut:])
+    return None
+
+
+def to_comfy_layout(lora: Mapping, modules: Iterable[str]) -> tuple[dict, list[str]]:
+    """(tensors renamed to diffusion_model.<module>.<part>, names that match no module of the model).
+    `modules`: the DiT's module paths (module_names of its state dict)."""
+    modules = set(modules)
+    kohya_names = {module.replace(".", "_"): module for module in modules}
+    renamed, unmatched = {}, []
+    for key, tensor in lora.items():
+        found = split_key(key, modules, kohya_names)
+        if found is None:
+            unmatched.append(key)
+            continue
+        module, part = found
+        name = f"{COMFY_PREFIX}{module}.{part}"
+        if name in renamed:
+            raise ValueError(f"The LoRA holds {module}.{part} twice (as {key!r} and another name): it mixes formats.")
+        renamed[name] = tensor
+    return renamed, unmatched
