@@ -74,7 +74,9 @@ class AllegroModelLoader(io.ComfyNode):
         config = allegro_config.decide_transformer_config(weights, kind, checkpoint.declared, source)
         latent_scale = allegro_config.decide_latent_scale(checkpoint.companions.get("vae"))
         logging.info("Loading %s from %s", KIND_DESCRIPTIONS[kind], checkpoint.source)
-        return io.NodeOutput(build_model(config, weights, WEIGHT_DTYPES[weight_dtype], latent_scale))
+        patcher = build_model(config, weights, WEIGHT_DTYPES[weight_dtype], latent_scale)
+        patcher.model.allegro_source = model_name          # named in the sampler's messages
+        return io.NodeOutput(patcher)
 
 
 class AllegroVAELoader(io.ComfyNode):
@@ -136,4 +138,6 @@ class AllegroT5Loader(io.ComfyNode):
         from .t5_clip import build_t5_clip
         checkpoint = sources.read(text_encoder, "text_encoders", "text_encoder")
         _, weights = identify(checkpoint, ("t5_encoder",), "Load Allegro T5 (diffusers)")
-        return io.NodeOutput(build_t5_clip(checkpoint.declared, weights, TEXT_DTYPES[dtype]))
+        clip = build_t5_clip(checkpoint.declared, weights, TEXT_DTYPES[dtype], str(checkpoint.source))
+        clip.allegro_source = text_encoder                 # named in the sampler's messages
+        return io.NodeOutput(clip)

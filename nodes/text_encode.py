@@ -8,6 +8,7 @@ import comfy.model_management
 
 from ..allegro import prompt as prompts
 from ..allegro.config import TEXT_TOKENS
+from . import checks
 
 CATEGORY = "Allegro/conditioning"
 
@@ -50,7 +51,12 @@ def encode(clip, text: str, clean: bool, label: str):
     if mask is None:
         raise ValueError("This CLIP runs T5 without an attention mask, which Allegro was trained with: load the T5 "
                          "with 'Load CLIP' type 'mochi' or 'ltxv' (types sd3, flux and pixart return no mask).")
-    return [[encoded["cond"], {"attention_mask": mask, "pooled_output": None}]]
+    states = encoded["cond"]
+    if not checks.is_finite(states):
+        raise ValueError(f"T5 turned the {label} prompt into {checks.count_non_finite(states)}: its weights or its "
+                         "dtype (fp16 can overflow in T5-XXL). Load it in bf16 or fp32, or download it again.")
+    encoder = getattr(clip, "allegro_source", None) or f"a T5 giving {states.shape[-1]}-wide states"
+    return [[states, {"attention_mask": mask, "pooled_output": None, "allegro_text_encoder": encoder}]]
 
 
 class AllegroTextEncode(io.ComfyNode):
