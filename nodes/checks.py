@@ -46,3 +46,13 @@ def is_finite(tensor) -> bool:
 
 def count_non_finite(tensor: torch.Tensor) -> str:
     return f"{non_finite_count(tensor)} NaN or infinite values (of {tensor.numel()})"
+
+
+# A sampled or encoded Allegro latent stays within a few units; far larger values came from elsewhere.
+PLAUSIBLE_LATENT = 1e3
+
+
+def implausible_values(tensor: torch.Tensor) -> str | None:
+    """'its values reach …' when a finite tensor holds values no sampler or VAE makes, else None."""
+    largest = float(tensor.detach().abs().max()) if tensor.numel() else 0.0
+    return f"its values reach {largest:.3g}, far beyond a sampled latent's few units" if largest > PLAUSIBLE_LATENT else None

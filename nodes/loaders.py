@@ -109,7 +109,8 @@ class AllegroVAELoader(io.ComfyNode):
         from .comfy_vae import build_vae
         checkpoint = sources.read(vae_name, "vae", "vae")
         _, weights = identify(checkpoint, ("allegro_vae",), "Load Allegro VAE")
-        config = allegro_config.decide_vae_config(weights, checkpoint.declared, checkpoint.source.name)
+        source = str(checkpoint.source / "config.json") if checkpoint.source.is_dir() else checkpoint.source.name
+        config = allegro_config.decide_vae_config(weights, checkpoint.declared, source)
         return io.NodeOutput(build_vae(config, weights, VAE_DTYPES[dtype]))
 
 

@@ -72,6 +72,7 @@ def check_sampling_fits(model, latent_shape, cfg: float):
     if needed > available:
         raise ValueError(
             f"Sampling {batch} x {frames * 4} frames of {width * 8}x{height * 8} is {tokens} tokens per video for the "
-            f"DiT; its activations ({cfg_batch} passes per step with CFG, {dtype}) need about {needed / GIB:.1f} GiB, "
+            f"DiT; its activations ({cfg_batch} pass{'es' if cfg_batch > 1 else ''} per step"
+            f"{' with CFG' if cfg != 1.0 else ''}, {str(dtype).replace('torch.', '')}) need about {needed / GIB:.1f} GiB, "
             f"and {available / GIB:.1f} GiB {counted}. Lower the length or the size (88x720x1280 is 79,200 tokens), "
             "sample one video at a time, or set cfg to 1 to halve it.")

@@ -160,6 +160,9 @@ def likely_cause(model, positive, negative, latent: dict, cfg: float) -> str:
     if not checks.is_finite(latent["samples"]):
         return (f"the 'latent' input already holds {checks.count_non_finite(latent['samples'])}: fix the node that "
                 "made it (for video-to-video, the encoded frames).")
+    implausible = checks.implausible_values(latent["samples"])
+    if implausible:
+        return f"the 'latent' input: {implausible}. Fix the node that made it."
     for label, conditioning in (("positive", positive), ("negative", negative)):
         for states, extra in conditioning:
             if not checks.is_finite(states):

@@ -76,7 +76,7 @@ def _checked_name(choice) -> str:
     (said without looking at the disk)."""
     if not isinstance(choice, str):
         raise ValueError(f"A model name must be text naming a file or folder in ComfyUI's model folders; got "
-                         f"{type(choice).__name__} {str(choice)[:80]!r}.")
+                         f"{type(choice).__name__} {repr(choice)[:80]}.")
     parts = re.split(r"[\\/]", choice)
     windows = PureWindowsPath(choice)
     problem = ("is empty" if not choice.strip(" /\\") else

@@ -63,12 +63,14 @@ def checked_tiles(node: str, tiles: dict) -> dict:
             for name, value in tiles.items()}
 
 
-def check_vae_output(vae, result, what: str):
-    """NaN/inf out of finite input: the VAE made them; fp16 is the usual reason."""
+def check_vae_output(vae, result, what: str, latent=None):
+    """NaN/inf out of finite input: the VAE made them; a latent of absurd values or fp16 is the usual reason."""
     if checks.is_finite(result):
         return
     dtype = getattr(vae, "vae_dtype", None)
-    cause = ("it runs in fp16, whose range the VAE's activations exceed: load it with dtype fp32 (the model card's "
+    implausible = None if latent is None else checks.implausible_values(latent)
+    cause = (f"the latent: {implausible}; the node that made it is wrong" if implausible else
+             "it runs in fp16, whose range the VAE's activations exceed: load it with dtype fp32 (the model card's "
              "advice) or bf16" if dtype == torch.float16 else
              "its weights or config.json (the weights were checked when loaded): download the VAE again")
     raise ValueError(f"The {what} hold {checks.count_non_finite(result)} although the input was finite: the VAE made "
@@ -106,7 +108,7 @@ class AllegroVAEDecode(io.ComfyNode):
             raise ValueError(f"The latent to decode holds {checks.count_non_finite(latent)}: the node that made it "
                              "produced them (a sampler with NaN inputs, or a latent file). Nothing was decoded.")
         frames = vae.decode_frames(latent, tiles_for(vae, **tiles))                 # [B, 4T', H, W, 3]
-        check_vae_output(vae, frames, "decoded frames")
+        check_vae_output(vae, frames, "decoded frames", latent)
         frames = frames[:, :video_latent.video_frames(samples)]
         return io.NodeOutput(frames.reshape(-1, *frames.shape[2:]), FRAME_RATE)
 
