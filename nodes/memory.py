@@ -37,6 +37,8 @@ def available_on(device) -> tuple[int, str]:
 
 def check_fits_in_memory(size: VideoSize, batch: int = 1):
     """The decoded frames (float32 IMAGE, DECODE_COPIES at the decode's peak) must fit in free RAM."""
+    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+        raise ValueError(f"batch_size must be a whole number of at least 1, got {batch!r}.")
     frames = size.decoded_bytes(batch)
     needed, available = DECODE_COPIES * frames, available_ram()
     if needed > available:

@@ -89,6 +89,13 @@ def _checked_name(choice) -> str:
     return choice
 
 
+def _is(path: Path, test) -> bool:
+    try:
+        return test(path)
+    except (OSError, ValueError):          # a name too long for the file system, and the like
+        return False
+
+
 def resolve(choice: str, folder_kind: str) -> Path:
     """The path a loader's choice names, strictly inside ComfyUI's model folders; a clear error if
     it is not there (naming only the model folders searched)."""
@@ -98,14 +105,15 @@ def resolve(choice: str, folder_kind: str) -> Path:
         relative = _checked_name(choice[len(DIFFUSERS_PREFIX):])
         bases = folder_paths.get_folder_paths("diffusers")
         kind = "a folder"
-        found = [Path(base) / relative for base in bases if (Path(base) / relative).is_dir()]
+        found = [Path(base) / relative for base in bases if _is(Path(base) / relative, Path.is_dir)]
     else:
         relative, bases, kind = choice, folder_paths.get_folder_paths(folder_kind), "a file"
-        found = [Path(base) / relative for base in bases if (Path(base) / relative).is_file()]
+        found = [Path(base) / relative for base in bases if _is(Path(base) / relative, Path.is_file)]
     if not found:
         where = "put the hub download (model_index.json, transformer/, vae/ …) there" if kind == "a folder" else \
             f"put the .safetensors file in models/{folder_kind}/"
-        raise FileNotFoundError(f"{choice!r} is not {kind} in ComfyUI's model folders (searched {bases}): {where}.")
+        raise FileNotFoundError(f"{choice[:200]!r} is not {kind} in ComfyUI's model folders (searched {bases}): "
+                                f"{where}.")
     path = found[0]
     if not checkpoints.is_inside(path, roots):
         checkpoints.refuse_outside(path)

@@ -8,8 +8,10 @@ import torch
 from comfy_api.v0_0_2 import io
 
 from ..allegro.config import FRAME_RATE, TEMPORAL_FACTOR
+from ..allegro.geometry import VideoSize
 from ..allegro.vae_tiling import TileSettings
 from . import checks, video_latent
+from .memory import check_fits_in_memory
 
 CATEGORY = "Allegro/vae"
 OWN_SIZE, OWN_OVERLAP = 0, -1          # widget values meaning "the VAE's own setting"
@@ -107,6 +109,9 @@ class AllegroVAEDecode(io.ComfyNode):
         if not checks.is_finite(latent):
             raise ValueError(f"The latent to decode holds {checks.count_non_finite(latent)}: the node that made it "
                              "produced them (a sampler with NaN inputs, or a latent file). Nothing was decoded.")
+        batch, _, frames, height, width = latent.shape        # a latent from elsewhere skipped the latent node's check
+        check_fits_in_memory(VideoSize(width * vae.config.spatial_factor, height * vae.config.spatial_factor,
+                                       frames * vae.config.temporal_factor), batch)
         frames = vae.decode_frames(latent, tiles_for(vae, **tiles))                 # [B, 4T', H, W, 3]
         check_vae_output(vae, frames, "decoded frames", latent)
         frames = frames[:, :video_latent.video_frames(samples)]

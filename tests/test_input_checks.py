@@ -122,6 +122,13 @@ def test_nan_and_infinite_weights_are_refused_naming_the_tensor(tmp_path, dtype,
         read_safetensors(path)
 
 
+@pytest.mark.parametrize("dtype", [torch.float8_e4m3fn, torch.float8_e5m2])
+def test_the_fp8_byte_check_is_exact_for_every_byte(dtype):
+    for byte in range(256):
+        tensor = torch.tensor([0x10, byte, 0x01], dtype=torch.uint8).view(dtype)
+        assert all_finite(tensor) == bool(torch.isfinite(tensor.float()).all()), hex(byte)
+
+
 def test_the_finite_check_is_exact_where_a_sum_overflows():
     large = torch.full((1000, 100), 60000.0, dtype=torch.float16)      # finite, but its fp16 sum is inf
     assert not torch.isfinite(large.sum()) and all_finite(large)
@@ -280,3 +287,40 @@ def test_gpu_memory_counts_free_vram_and_models_comfy_can_unload(comfy, monkeypa
     monkeypatch.setattr(mm, "current_loaded_models", [Loaded(gpu, 5 * GIB), Loaded(other, 7 * GIB)])
     available, counted = memory.available_on(gpu)
     assert available == 8 * GIB and "cuda:0 memory are free or held by models ComfyUI can unload" in counted
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name, says", [
+    ("../x.safetensors", "goes up a folder"), ("sub/../../x.safetensors", "goes up a folder"),
+    ("diffusers/../../x", "goes up a folder"), ("/etc/passwd", "is an absolute path"),
+    ("diffusers//etc", "is an absolute path"), ("C:\\models\\x.safetensors", "is an absolute path"),
+    ("\\\\server\\share\\x.safetensors", "is an absolute path"), ("a\x00b.safetensors", "contains a NUL"),
+    ("", "is empty"), ("diffusers/", "is empty"), (["x"], "must be text"), (None, "must be text"),
+    ("x" * 5000 + ".safetensors", "is not a file in ComfyUI's model folders"),
+])
+def test_names_that_leave_the_model_folders_are_refused_before_the_disk_is_read(comfy, name, says):
+    sources = package_module("nodes.sources")
+    with pytest.raises((ValueError, FileNotFoundError)) as error:
+        sources.resolve(name, "diffusion_models")
+    assert says in str(error.value)
+
+
+@pytest.mark.slow
+def test_a_models_folder_registered_through_a_link_is_inside(comfy, tmp_path, tiny_models):
+    """As extra_model_paths.yaml registers it: a folder elsewhere, here reached through a link."""
+    import shutil
+    import folder_paths
+    sources = package_module("nodes.sources")
+    elsewhere = tmp_path / "big_disk" / "diffusion_models"
+    elsewhere.mkdir(parents=True)
+    shutil.copy2(tiny_models["t2v_file"], elsewhere / "extra_dit.safetensors")
+    linked = tmp_path / "linked_models"
+    linked.symlink_to(elsewhere, target_is_directory=True)
+    folder_paths.add_model_folder_path("diffusion_models", str(linked))
+    try:
+        assert sources.resolve("extra_dit.safetensors", "diffusion_models") == linked / "extra_dit.safetensors"
+        assert "pos_embed.proj.weight" in sources.read("extra_dit.safetensors", "diffusion_models", "transformer").weights
+    finally:
+        folder_paths.folder_names_and_paths["diffusion_models"][0].remove(str(linked))
+    with pytest.raises(FileNotFoundError):
+        sources.resolve("extra_dit.safetensors", "diffusion_models")
