@@ -7,6 +7,7 @@
 
 Everything else in the package reads these names; no other module writes a model constant down.
 """
+import math
 import re
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Mapping
@@ -47,11 +48,15 @@ class TransformerConfig:
         """Channels of the model input: the latent, plus masked-video latent and frame mask for TI2V."""
         return self.in_channels * (3 if self.ti2v else 1)
 
-    def validate(self) -> "TransformerConfig":
+    def validate(self, source: str = "the transformer config") -> "TransformerConfig":
+        """Every setting in its sane range (see `check_ranges`), or CheckpointError naming `source`."""
+        check_ranges(self, source, RELEASE_TRANSFORMER)
         if self.patch_size_t != 1:
-            raise ValueError(f"Allegro uses temporal patch 1; config has patch_size_t={self.patch_size_t}")
+            raise CheckpointError(f"{source}: Allegro uses temporal patch 1; the config has "
+                                  f"patch_size_t={self.patch_size_t}.")
         if self.attention_head_dim % 6:
-            raise ValueError(f"attention_head_dim must be divisible by 6 (3-D RoPE), got {self.attention_head_dim}")
+            raise CheckpointError(f"{source}: attention_head_dim must be divisible by 6 (the 3-D RoPE splits each "
+                                  f"head in three), got {self.attention_head_dim}. The release has 96.")
         return self
 
 
@@ -74,9 +79,77 @@ class VAEConfig:
     def spatial_factor(self) -> int:
         return 2 ** (len(self.block_out_channels) - 1)
 
+    def validate(self, source: str = "the VAE config") -> "VAEConfig":
+        """Every setting in its sane range, GroupNorm groups dividing every channel count, or
+        CheckpointError naming `source`."""
+        check_ranges(self, source, RELEASE_VAE)
+        blocks = len(self.block_out_channels)
+        for name in ("temporal_downsample_blocks", "temporal_upsample_blocks"):
+            if len(getattr(self, name)) != blocks:
+                raise CheckpointError(f"{source}: {name} has {len(getattr(self, name))} entries but there are "
+                                      f"{blocks} blocks (block_out_channels).")
+        groups = self.norm_num_groups
+        if any(channels % groups for channels in self.block_out_channels):
+            raise CheckpointError(
+                f"{source}: norm_num_groups={groups} does not divide the channel counts {list(self.block_out_channels)} "
+                f"(GroupNorm splits every layer's channels into that many groups). The release has "
+                f"{RELEASE_VAE.norm_num_groups}; fix the config, or use the config.json that came with these weights.")
+        return self
+
     @property
     def temporal_factor(self) -> int:
         return 2 ** sum(self.temporal_downsample_blocks)
+
+
+# ---------------------------------------------------------------------------------------------
+# Sane ranges: what a config.json may say before anything is built from it
+
+MAX_SIZE = 1 << 16        # any count or width; far above every Allegro model (width 2304, 32 layers)
+# setting: (kind, lowest allowed). "whole": an int; "positive": a finite number > lowest; "flag": a bool.
+_RANGES = {
+    "num_layers": ("whole", 1), "num_attention_heads": ("whole", 1), "attention_head_dim": ("whole", 1),
+    "in_channels": ("whole", 1), "out_channels": ("whole", 1), "patch_size": ("whole", 1),
+    "patch_size_t": ("whole", 1), "caption_channels": ("whole", 1), "cross_attention_dim": ("whole", 1),
+    "sample_frames": ("whole", 1), "sample_height": ("whole", 1), "sample_width": ("whole", 1),
+    "norm_eps": ("positive", 0), "interpolation_scale_t": ("positive", 0), "interpolation_scale_h": ("positive", 0),
+    "interpolation_scale_w": ("positive", 0), "attention_bias": ("flag", 0), "ti2v": ("flag", 0),
+    "rope_shares_equal_lengths": ("flag", 0),
+    "latent_channels": ("whole", 1), "block_out_channels": ("wholes", 1), "layers_per_block": ("whole", 1),
+    "norm_num_groups": ("whole", 1), "temporal_downsample_blocks": ("flags", 0),
+    "temporal_upsample_blocks": ("flags", 0), "scaling_factor": ("positive", 0), "sample_size": ("whole", 8),
+    "tile_frames": ("whole", 1), "tile_overlap": ("wholes", 0),
+}
+
+
+def _fits(kind: str, value, lowest) -> bool:
+    whole = lambda v: isinstance(v, int) and not isinstance(v, bool) and lowest <= v <= MAX_SIZE  # noqa: E731
+    if kind == "whole":
+        return whole(value)
+    if kind == "wholes":
+        return isinstance(value, tuple) and len(value) > 0 and all(whole(v) for v in value)
+    if kind == "flag":
+        return isinstance(value, bool)
+    if kind == "flags":
+        return isinstance(value, tuple) and all(isinstance(v, bool) for v in value)
+    return (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+            and lowest < value <= MAX_SIZE)
+
+
+def check_ranges(config, source: str, release, keys=None) -> None:
+    """CheckpointError for the first setting (of `keys`, default all) out of its range: counts and sizes
+    are whole numbers from 1 (never floats, negatives or absurd sizes), scales and epsilons finite and
+    above 0 (a RoPE scale of 0 would divide positions by zero and make every video NaN)."""
+    for key in keys or [f.name for f in fields(config)]:
+        kind, lowest = _RANGES[key]
+        value = getattr(config, key)
+        if not _fits(kind, value, lowest):
+            allowed = {"whole": f"a whole number from {lowest} to {MAX_SIZE}",
+                       "wholes": f"a list of whole numbers from {lowest} to {MAX_SIZE}",
+                       "flag": "true or false", "flags": "a list of true/false",
+                       "positive": f"a finite number above {lowest}"}[kind]
+            raise CheckpointError(f"{source}: {key} must be {allowed}, got {value!r} (the release has "
+                                  f"{getattr(release, key)!r}). Fix the config, or use the one that came with "
+                                  "these weights.")
 
 
 # The released models' facts, named for the modules that need them before any weights are loaded.
@@ -117,10 +190,11 @@ def _known(cls, values: Mapping) -> dict:
     return {k: (tuple(v) if isinstance(v, list) else v) for k, v in values.items() if k in names and v is not None}
 
 
-def transformer_config_from_dict(raw: Mapping) -> TransformerConfig:
+def transformer_config_from_dict(raw: Mapping, source: str = "The transformer config") -> TransformerConfig:
     """A TransformerConfig from a config.json in the original repo's format (`sample_size: [h, w]`,
     `sample_size_t`, `norm_type`…) or diffusers'. Missing settings take the released model's values;
-    unset interpolation scales are derived from the sample size as the config's own class does."""
+    unset interpolation scales are derived from the sample size as the config's own class does.
+    Ranges are checked by `TransformerConfig.validate` (those the derivation needs, here)."""
     class_name = raw.get("_class_name")
     if class_name is not None and class_name not in COMPONENT_CLASSES["transformer"]:
         raise CheckpointError(f"The config describes a {class_name}, not an Allegro transformer "
@@ -143,28 +217,38 @@ def transformer_config_from_dict(raw: Mapping) -> TransformerConfig:
         values["sample_height"], values["sample_width"] = size
     values.setdefault("out_channels", values.get("in_channels", RELEASE_TRANSFORMER.in_channels))
     config = replace(RELEASE_TRANSFORMER, **values)
+    check_ranges(config, source, RELEASE_TRANSFORMER, ("sample_frames", "sample_height", "sample_width"))
     frames, height, width = config.sample_frames, config.sample_height, config.sample_width
     derived = {"interpolation_scale_t": (frames - 1) // 16 + 1 if frames % 2 else
                (frames / 16 if original_style else frames // 16),
                "interpolation_scale_h": height / 30, "interpolation_scale_w": width / 40}
     # Unset (null) scales are derived as both classes do; absent ones too in the original's format,
     # while diffusers' class takes its defaults (the release's) for absent keys.
-    scales = {key: float(raw[key]) if raw.get(key) is not None else
+    scales = {key: raw[key] if raw.get(key) is not None else
               float(value) if key in raw or original_style else getattr(RELEASE_TRANSFORMER, key)
               for key, value in derived.items()}
+    config = replace(config, **scales)
+    check_ranges(config, source, RELEASE_TRANSFORMER, tuple(scales))
+    scales = {key: float(value) for key, value in scales.items()}
     ti2v = class_name == TI2V_CLASS if class_name is not None else bool(raw.get("ti2v", False))
     return replace(config, **scales, ti2v=ti2v)
 
 
-def vae_config_from_dict(raw: Mapping) -> VAEConfig:
+def vae_config_from_dict(raw: Mapping, source: str = "The VAE config") -> VAEConfig:
     """A VAEConfig from diffusers' AutoencoderKLAllegro config or the original AllegroAutoencoderKL3D's
-    (its `scale_factor`, `blocks_tempdown_li`, `t_over`/`tile_overlap` spellings)."""
+    (its `scale_factor`, `blocks_tempdown_li`, `t_over`/`tile_overlap` spellings). Ranges are
+    checked by `VAEConfig.validate`."""
     values = {_VAE_ALIASES.get(k, k): v for k, v in raw.items()}
-    if "t_over" in values or "tile_overlap" in values:
-        spatial = values.get("tile_overlap", RELEASE_VAE.tile_overlap[1:])
-        values["tile_overlap"] = (values.get("t_over", RELEASE_VAE.tile_overlap[0]), *list(spatial)[-2:])
-    if isinstance(values.get("sample_size"), (list, tuple)):
-        values["sample_size"] = values["sample_size"][0]
+    try:
+        if "t_over" in values or "tile_overlap" in values:
+            spatial = values.get("tile_overlap", RELEASE_VAE.tile_overlap[1:])
+            values["tile_overlap"] = (values.get("t_over", RELEASE_VAE.tile_overlap[0]), *list(spatial)[-2:])
+        if isinstance(values.get("sample_size"), (list, tuple)):
+            values["sample_size"] = values["sample_size"][0]
+    except (TypeError, IndexError):
+        raise CheckpointError(f"{source}: tile_overlap / t_over / sample_size are malformed ({raw.get('tile_overlap')!r}, "
+                              f"{raw.get('t_over')!r}, {raw.get('sample_size')!r}); the release has tile_overlap "
+                              "[120, 80], t_over 8 and sample_size 320.") from None
     return replace(RELEASE_VAE, **_known(VAEConfig, values))
 
 
@@ -245,7 +329,7 @@ def decide_transformer_config(weights: Mapping, kind: str, declared: Mapping | N
     measured = measure_transformer(weights, kind, source)
     width = weights["pos_embed.proj.weight"].shape[0]
     if declared is not None:
-        config = transformer_config_from_dict(declared)
+        config = transformer_config_from_dict(declared, source)
         if ("_class_name" in declared or "ti2v" in declared) and config.ti2v != measured["ti2v"]:
             said, found = ("Allegro-TI2V", "Allegro T2V") if config.ti2v else ("Allegro T2V", "Allegro-TI2V")
             raise CheckpointError(f"{source}: the config describes an {said} transformer but the weights are "
@@ -262,12 +346,12 @@ def decide_transformer_config(weights: Mapping, kind: str, declared: Mapping | N
             "instead (its transformer/config.json has the head count), or save the file with its config JSON in the "
             "safetensors metadata under 'config'."
         )
-    config = replace(config, **measured, rope_shares_equal_lengths=measured["ti2v"])
+    config = replace(config, **measured, rope_shares_equal_lengths=measured["ti2v"]).validate(source)
     if config.inner_dim != width:
         raise CheckpointError(f"{source}: its config gives {config.num_attention_heads} heads x "
                               f"{config.attention_head_dim}, but the tensors are {width} wide (heads x head size must "
                               "equal the width). The config belongs to another model; fix it.")
-    return config.validate()
+    return config
 
 
 def decide_vae_config(weights: Mapping, declared: Mapping | None, source: str) -> VAEConfig:
@@ -275,14 +359,19 @@ def decide_vae_config(weights: Mapping, declared: Mapping | None, source: str) -
     supplies the group count, latent scale and tiling (else the released model's)."""
     measured = measure_vae(weights)
     if declared is None:
-        return replace(RELEASE_VAE, **measured)
-    config = vae_config_from_dict(declared)
+        return replace(RELEASE_VAE, **measured).validate(f"{source} (no config came with it, so the release's "
+                                                         "settings are assumed)")
+    config = vae_config_from_dict(declared, source)
     stated = {_VAE_ALIASES.get(k, k) for k in declared}
     _check_declared({k: v for k, v in asdict(config).items() if k in stated}, measured, source)
-    return replace(config, **measured)
+    return replace(config, **measured).validate(source)
 
 
 def decide_latent_scale(vae_declared: Mapping | None) -> float:
     """The latent scale a DiT samples at: what the VAE config of its own download says (a hub
     folder's vae/config.json, or the "vae" section of a single file's metadata), else the release's."""
-    return RELEASE_VAE.scaling_factor if vae_declared is None else vae_config_from_dict(vae_declared).scaling_factor
+    if vae_declared is None:
+        return RELEASE_VAE.scaling_factor
+    config = vae_config_from_dict(vae_declared, "The VAE config of the model's download")
+    check_ranges(config, "The VAE config of the model's download", RELEASE_VAE, ("scaling_factor",))
+    return config.scaling_factor

@@ -56,6 +56,9 @@ def nearest_multiples(value: int, multiple: int) -> str:
 
 def check_video_size(width: int, height: int, frames: int) -> VideoSize:
     """Raise ValueError naming the offending input and the allowed values; return the size."""
+    for name, value in (("width", width), ("height", height), ("length", frames)):
+        if isinstance(value, bool) or not isinstance(value, int):      # a linked input can carry anything
+            raise ValueError(f"{name} must be a whole number, got {value!r}.")
     for name, value in (("width", width), ("height", height)):
         if value < SIZE_MULTIPLE:
             raise ValueError(f"{name} must be at least {SIZE_MULTIPLE} pixels, got {value}.")

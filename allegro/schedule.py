@@ -10,6 +10,30 @@ import numpy as np
 import torch
 
 NUM_TRAIN_TIMESTEPS = 1000
+# The longest schedule built: ten times the training timesteps (a longer one only revisits the same
+# 1000 noise levels), the same cap as ComfyUI's own steps widget.
+MAX_SCHEDULE_STEPS = 10_000
+
+
+def schedule_length(steps: int, denoise: float) -> int:
+    """Steps of the whole schedule whose last `steps` run when sampling at `denoise` (KSampler's rule:
+    steps / denoise, so denoise 0.5 with 20 steps runs the second half of a 40-step schedule).
+    ValueError with what to change when it would exceed MAX_SCHEDULE_STEPS (denoise 1e-7 would
+    otherwise build 200 million entries, and 1e-300 an infinite schedule)."""
+    if steps < 1:
+        raise ValueError(f"steps must be at least 1, got {steps}")
+    if not 0 < denoise:
+        raise ValueError(f"denoise must be above 0 to sample anything, got {denoise}")
+    if denoise >= 1:
+        total = float(steps)
+    else:
+        total = steps / denoise          # a float first: int() of an overflowed division would raise
+    if total > MAX_SCHEDULE_STEPS:
+        raise ValueError(
+            f"steps {steps} at denoise {denoise:g} would build a schedule of {total:.3g} steps (denoise d runs the "
+            f"last d of a schedule of steps / d steps); at most {MAX_SCHEDULE_STEPS} are allowed. Raise denoise to "
+            f"at least {steps / MAX_SCHEDULE_STEPS:g} or lower the steps.")
+    return int(total)
 
 
 def training_sigmas(num_train_timesteps: int = NUM_TRAIN_TIMESTEPS, beta_start: float = 1e-4,
@@ -46,8 +70,8 @@ def timestep_at(sigma: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
 def linspace_schedule(steps: int, table: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """diffusers' Euler "linspace" schedule: (timesteps [steps], sigmas [steps + 1] ending in 0),
     float32, computed with numpy exactly as the reference scheduler does."""
-    if steps < 1:
-        raise ValueError(f"steps must be at least 1, got {steps}")
+    if not 1 <= steps <= MAX_SCHEDULE_STEPS + 1:       # + 1: samplers that drop the penultimate sigma
+        raise ValueError(f"steps must be from 1 to {MAX_SCHEDULE_STEPS}, got {steps}")
     count = len(table)
     timesteps = np.linspace(0, count - 1, steps, dtype=np.float32)[::-1].copy()
     sigmas = np.interp(timesteps, np.arange(0, count), table.cpu().numpy())

@@ -30,6 +30,11 @@ def identify(checkpoint: Checkpoint, wanted: tuple[str, ...], node: str) -> tupl
     return found.kind, strip_prefix(checkpoint.weights, found.prefix)
 
 
+def config_source(checkpoint: Checkpoint) -> str:
+    """Where the checkpoint's config was declared, as the config errors name it."""
+    return str(checkpoint.source / "config.json") if checkpoint.source.is_dir() else checkpoint.source.name
+
+
 def load_model(model_name: str, weight_dtype: str, disable_dynamic: bool = False):
     """The DiT as a ComfyUI ModelPatcher. Also the model's `cached_patcher_init` factory: newer ComfyUI
     calls it as load_model(*args, disable_dynamic=True) to rebuild the model from its files
@@ -37,12 +42,13 @@ def load_model(model_name: str, weight_dtype: str, disable_dynamic: bool = False
     from .comfy_model import build_model
     checkpoint = sources.read(model_name, "diffusion_models", "transformer")
     kind, weights = identify(checkpoint, ("allegro_t2v", "allegro_ti2v"), "Load Allegro Model")
-    source = str(checkpoint.source / "config.json") if checkpoint.source.is_dir() else checkpoint.source.name
+    source = config_source(checkpoint)
     config = allegro_config.decide_transformer_config(weights, kind, checkpoint.declared, source)
     latent_scale = allegro_config.decide_latent_scale(checkpoint.companions.get("vae"))
     logging.info("Loading %s from %s", KIND_DESCRIPTIONS[kind], checkpoint.source)
     patcher = build_model(config, weights, WEIGHT_DTYPES[weight_dtype], latent_scale, disable_dynamic=disable_dynamic)
     patcher.cached_patcher_init = (load_model, (model_name, weight_dtype))    # unread by 0.3.75 and 0.8.0
+    patcher.model.allegro_source = model_name          # named in the sampler's messages
     return patcher
 
 
@@ -51,7 +57,8 @@ def load_vae(vae_name: str, dtype: str, disable_dynamic: bool = False):
     from .comfy_vae import build_vae
     checkpoint = sources.read(vae_name, "vae", "vae")
     _, weights = identify(checkpoint, ("allegro_vae",), "Load Allegro VAE")
-    config = allegro_config.decide_vae_config(weights, checkpoint.declared, checkpoint.source.name)
+    source = config_source(checkpoint)
+    config = allegro_config.decide_vae_config(weights, checkpoint.declared, source)
     vae = build_vae(config, weights, VAE_DTYPES[dtype], disable_dynamic=disable_dynamic)
     vae.patcher.cached_patcher_init = (load_vae_patcher, (vae_name, dtype))
     return vae
@@ -157,4 +164,6 @@ class AllegroT5Loader(io.ComfyNode):
         from .t5_clip import build_t5_clip
         checkpoint = sources.read(text_encoder, "text_encoders", "text_encoder")
         _, weights = identify(checkpoint, ("t5_encoder",), "Load Allegro T5 (diffusers)")
-        return io.NodeOutput(build_t5_clip(checkpoint.declared, weights, TEXT_DTYPES[dtype]))
+        clip = build_t5_clip(checkpoint.declared, weights, TEXT_DTYPES[dtype], str(checkpoint.source))
+        clip.allegro_source = text_encoder                 # named in the sampler's messages
+        return io.NodeOutput(clip)

@@ -12,8 +12,9 @@ import comfy.utils
 import latent_preview
 
 from ..allegro.config import PATCH_SIZE
-from ..allegro.schedule import ReferenceNoise, linspace_schedule
-from . import video_latent
+from ..allegro.schedule import MAX_SCHEDULE_STEPS, ReferenceNoise, linspace_schedule, schedule_length
+from . import checks, video_latent
+from .memory import check_sampling_fits
 
 CATEGORY = "Allegro/sampling"
 REFERENCE_SCHEDULER = "linspace (reference)"
@@ -25,7 +26,7 @@ def schedule(model, sampler_name: str, scheduler: str, steps: int, denoise: floa
     (including its extra step for the samplers that discard the penultimate sigma)."""
     if denoise <= 0:
         return torch.FloatTensor([])
-    total = steps if denoise >= 1 else int(steps / denoise)
+    total = schedule_length(steps, denoise)
     discard_penultimate = sampler_name in comfy.samplers.KSampler.DISCARD_PENULTIMATE_SIGMA_SAMPLERS
     model_sampling = model.get_model_object("model_sampling")
     count = total + 1 if discard_penultimate else total
@@ -94,10 +95,17 @@ class AllegroSampler(io.ComfyNode):
     @classmethod
     def execute(cls, model, positive, negative, latent, seed, steps, cfg, sampler_name, scheduler, noise_stream,
                 denoise) -> io.NodeOutput:
+        node = "Allegro Sampler"
+        seed = checks.whole_number(node, "seed", seed, 0, 0xffffffffffffffff)
+        steps = checks.whole_number(node, "steps", steps, 1, MAX_SCHEDULE_STEPS)
+        cfg = checks.finite_number(node, "cfg", cfg)
+        denoise = checks.finite_number(node, "denoise", denoise, 0.0, 1.0)
         # Checked before ComfyUI's empty-latent fix, which would quietly turn an image latent (e.g. from
         # 'Empty Latent Image') into a one-frame video and cut a 16-channel one down to 4 channels.
         check_latent(latent["samples"])
+        check_text_width(model, positive, negative)
         latent_image = comfy.sample.fix_empty_latent_channels(model, latent["samples"])
+        check_sampling_fits(model, latent_image.shape, cfg)
         sigmas = schedule(model, sampler_name, scheduler, steps, denoise)
         if noise_stream == "reference":
             stream = ReferenceNoise(seed)
@@ -111,9 +119,66 @@ class AllegroSampler(io.ComfyNode):
             model, noise, cfg, sampler, sigmas, positive, negative, latent_image,
             noise_mask=latent.get("noise_mask"), callback=callback,
             disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED, seed=seed)
+        if not checks.is_finite(samples):
+            raise ValueError(f"The sampled latent holds {checks.count_non_finite(samples)}, so it was not passed on. "
+                             f"Most likely cause: {likely_cause(model, positive, negative, latent, cfg)}")
         out = latent.copy()
         out["samples"] = samples
         return io.NodeOutput(out)
+
+
+def allegro_config(model):
+    """The TransformerConfig of an Allegro MODEL (None for other models)."""
+    model_config = getattr(getattr(model, "model", None), "model_config", None)
+    return getattr(model_config, "unet_config", {}).get("allegro")
+
+
+def model_name(model) -> str:
+    return getattr(getattr(model, "model", None), "allegro_source", None) or "from 'Load Allegro Model'"
+
+
+def check_text_width(model, positive, negative):
+    """The text states must be as wide as the DiT's caption projection takes (T5-XXL: 4096), or the
+    first step fails inside a matrix product; say which text encoder and which DiT disagree."""
+    config = allegro_config(model)
+    if config is None:
+        return
+    for label, conditioning in (("positive", positive), ("negative", negative)):
+        for states, extra in conditioning:
+            width = states.shape[-1]
+            if width != config.caption_channels:
+                encoder = extra.get("allegro_text_encoder") or "the CLIP connected to the text encode node"
+                raise ValueError(
+                    f"The {label} conditioning is {width} wide (text encoder: {encoder}), but the Allegro DiT "
+                    f"({model_name(model)}) takes text states {config.caption_channels} wide (its caption_channels): "
+                    "this text encoder is not the one the DiT was trained with. Use T5-XXL (in 'Load CLIP' "
+                    "t5xxl_fp16.safetensors, type mochi) or the text_encoder of the DiT's own download.")
+
+
+def likely_cause(model, positive, negative, latent: dict, cfg: float) -> str:
+    """What most likely made a sampled latent NaN/inf, checked from the inputs to the model."""
+    if not checks.is_finite(latent["samples"]):
+        return (f"the 'latent' input already holds {checks.count_non_finite(latent['samples'])}: fix the node that "
+                "made it (for video-to-video, the encoded frames).")
+    implausible = checks.implausible_values(latent["samples"])
+    if implausible:
+        return f"the 'latent' input: {implausible}. Fix the node that made it."
+    for label, conditioning in (("positive", positive), ("negative", negative)):
+        for states, extra in conditioning:
+            if not checks.is_finite(states):
+                return (f"the {label} conditioning holds {checks.count_non_finite(states)}: the text encoder produced "
+                        "them (an fp16 T5 can overflow: load it in bf16 or fp32).")
+            bad = [key for key, value in extra.items() if isinstance(value, torch.Tensor) and not checks.is_finite(value)]
+            if bad:
+                return f"the {label} conditioning's {bad[0]} holds NaN or infinity (from the node that added it)."
+    dtype = getattr(model.model, "manual_cast_dtype", None) or model.model.get_dtype()
+    if dtype == torch.float16:
+        return ("the DiT computes in fp16, whose range Allegro's activations exceed: load it with weight_dtype "
+                "bf16 (or fp32).")
+    if abs(cfg) > 30:
+        return f"cfg {cfg:g} is far beyond the reference's 7.5 (8 for TI2V): guidance that strong diverges."
+    return ("the DiT produced them from finite inputs: a patch or LoRA applied to the model, or its config (its "
+            "weights were checked when loaded). Try the model without patches.")
 
 
 def check_latent(samples: torch.Tensor):

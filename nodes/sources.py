@@ -1,9 +1,17 @@
 """Where the loaders find weights: single .safetensors files in ComfyUI's model folders, and
 diffusers folders (the hub layout: model_index.json, transformer/, vae/, text_encoder/ …) under
-models/diffusers/, listed as "diffusers/<folder>"."""
+models/diffusers/, listed as "diffusers/<folder>".
+
+A name reaches a loader unchecked when its input is linked from another node (ComfyUI checks a
+list only for typed-in values), so every name is resolved strictly inside ComfyUI's registered
+model folders: a relative path without "..", and every file or folder read must resolve, links
+followed, into one of those folders (a models folder that is itself a link, or one added in
+extra_model_paths.yaml, is a model folder; a link from inside one to elsewhere is refused).
+Errors name only what is inside."""
 import json
 import os
-from pathlib import Path
+import re
+from pathlib import Path, PurePosixPath, PureWindowsPath
 
 import folder_paths
 
@@ -11,6 +19,8 @@ from ..allegro import checkpoints
 from ..allegro.config import COMPONENT_CLASSES
 
 DIFFUSERS_PREFIX = "diffusers/"
+# ComfyUI's model folders a loader may read from (links between them are fine).
+MODEL_FOLDER_KINDS = ("diffusion_models", "vae", "text_encoders", "diffusers", "checkpoints")
 
 
 def _class_name(config_path: Path) -> str | None:
@@ -50,21 +60,64 @@ def file_choices(folder_kind: str) -> list[str]:
     return [name for name in folder_paths.get_filename_list(folder_kind) if name.endswith(".safetensors")]
 
 
+def model_roots() -> list[Path]:
+    """ComfyUI's registered model folders of the kinds the loaders read, links resolved."""
+    roots = []
+    for kind in MODEL_FOLDER_KINDS:
+        try:
+            roots += [Path(os.path.realpath(base)) for base in folder_paths.get_folder_paths(kind)]
+        except KeyError:                     # a kind this ComfyUI does not register
+            continue
+    return roots
+
+
+def _checked_name(choice) -> str:
+    """The choice if it is a relative path that stays where it starts; else what is wrong with it
+    (said without looking at the disk)."""
+    if not isinstance(choice, str):
+        raise ValueError(f"A model name must be text naming a file or folder in ComfyUI's model folders; got "
+                         f"{type(choice).__name__} {repr(choice)[:80]}.")
+    parts = re.split(r"[\\/]", choice)
+    windows = PureWindowsPath(choice)
+    problem = ("is empty" if not choice.strip(" /\\") else
+               "contains a NUL character" if "\x00" in choice else
+               "is an absolute path" if PurePosixPath(choice).is_absolute() or windows.drive or windows.root else
+               "goes up a folder ('..')" if ".." in parts else None)
+    if problem:
+        raise ValueError(f"The model name {choice[:200]!r} {problem}. Loaders read only from ComfyUI's model folders: "
+                         "give a name as the loader lists it, e.g. 'diffusers/Allegro' or 'allegro_t2v.safetensors'.")
+    return choice
+
+
+def _is(path: Path, test) -> bool:
+    try:
+        return test(path)
+    except (OSError, ValueError):          # a name too long for the file system, and the like
+        return False
+
+
 def resolve(choice: str, folder_kind: str) -> Path:
-    """The path a loader's choice names; a clear error if it is gone."""
+    """The path a loader's choice names, strictly inside ComfyUI's model folders; a clear error if
+    it is not there (naming only the model folders searched)."""
+    choice = _checked_name(choice)
+    roots = model_roots()
     if choice.startswith(DIFFUSERS_PREFIX):
-        relative = choice[len(DIFFUSERS_PREFIX):]
-        for base in folder_paths.get_folder_paths("diffusers"):
-            path = Path(base) / relative
-            if path.is_dir():
-                return path
-        raise FileNotFoundError(f"No folder {relative!r} under {folder_paths.get_folder_paths('diffusers')}: "
-                                "put the hub download (model_index.json, transformer/, vae/ …) there.")
-    path = folder_paths.get_full_path(folder_kind, choice)
-    if path is None or not os.path.isfile(path):
-        raise FileNotFoundError(f"{choice!r} is not in models/{folder_kind}/ "
-                                f"(searched {folder_paths.get_folder_paths(folder_kind)}).")
-    return Path(path)
+        relative = _checked_name(choice[len(DIFFUSERS_PREFIX):])
+        bases = folder_paths.get_folder_paths("diffusers")
+        kind = "a folder"
+        found = [Path(base) / relative for base in bases if _is(Path(base) / relative, Path.is_dir)]
+    else:
+        relative, bases, kind = choice, folder_paths.get_folder_paths(folder_kind), "a file"
+        found = [Path(base) / relative for base in bases if _is(Path(base) / relative, Path.is_file)]
+    if not found:
+        where = "put the hub download (model_index.json, transformer/, vae/ …) there" if kind == "a folder" else \
+            f"put the .safetensors file in models/{folder_kind}/"
+        raise FileNotFoundError(f"{choice[:200]!r} is not {kind} in ComfyUI's model folders (searched {bases}): "
+                                f"{where}.")
+    path = found[0]
+    if not checkpoints.is_inside(path, roots):
+        checkpoints.refuse_outside(path)
+    return path
 
 
 def check_choice(value, choices: list[str], folder_kind: str):
@@ -83,5 +136,6 @@ def check_choice(value, choices: list[str], folder_kind: str):
 
 
 def read(choice: str, folder_kind: str, component: str) -> checkpoints.Checkpoint:
-    """resolve + read: the chosen file or folder's tensors and the config that came with them."""
-    return checkpoints.read_checkpoint(resolve(choice, folder_kind), component)
+    """resolve + read: the chosen file or folder's tensors and the config that came with them; every
+    file and folder read stays inside the model folders."""
+    return checkpoints.read_checkpoint(resolve(choice, folder_kind), component, inside=model_roots())

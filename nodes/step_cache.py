@@ -4,6 +4,7 @@ node is in the graph; works with the Allegro sampler and the stock KSampler alik
 from comfy_api.v0_0_2 import io
 
 from ..allegro.step_cache import StepCache
+from . import checks
 
 CATEGORY = "Allegro/sampling"
 OPTION = "allegro_step_cache"
@@ -36,6 +37,9 @@ class AllegroStepCache(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, threshold, start, end) -> io.NodeOutput:
+        node = "Allegro Step Cache"
+        threshold = checks.finite_number(node, "threshold", threshold, 0.0)
+        start, end = (checks.finite_number(node, name, value, 0.0, 1.0) for name, value in (("start", start), ("end", end)))
         cache = StepCache(threshold, start, min(max(start, end), 1.0))
         patched = model.clone()
         options = patched.model_options.setdefault("transformer_options", {})

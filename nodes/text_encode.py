@@ -4,8 +4,11 @@ import logging
 
 from comfy_api.v0_0_2 import io
 
+import comfy.model_management
+
 from ..allegro import prompt as prompts
 from ..allegro.config import TEXT_TOKENS
+from . import checks
 
 CATEGORY = "Allegro/conditioning"
 
@@ -21,14 +24,26 @@ def t5_tokenizer_of(clip):
     return tokenizer
 
 
+LOGGED_DROPPED_CHARS = 300        # the dropped text's start and end, in the console warning
+
+
+def shorten(text: str, limit: int = LOGGED_DROPPED_CHARS) -> str:
+    return text if len(text) <= limit else f"{text[:limit // 2]} … {text[-(limit // 2):]}"
+
+
 def encode(clip, text: str, clean: bool, label: str):
     """[[hidden states [1, 512, d], {"attention_mask": [1, 512]}]] — standard CONDITIONING (512 = TEXT_TOKENS)."""
     hf_tokenizer = t5_tokenizer_of(clip).tokenizer
-    seen = prompts.preprocess_prompt(text, clean=clean)
-    tokens = prompts.tokenize_for_t5(lambda s: hf_tokenizer(s, add_special_tokens=False)["input_ids"], seen,
-                                     max_length=TEXT_TOKENS, decode_fn=hf_tokenizer.decode)
+    # Bounded work whatever the prompt's length; Cancel is honoured between the cleaning steps.
+    prepared = prompts.prepare_for_t5(text, lambda s: hf_tokenizer(s, add_special_tokens=False)["input_ids"],
+                                      clean=clean, max_length=TEXT_TOKENS, decode_fn=hf_tokenizer.decode,
+                                      check_interrupt=comfy.model_management.throw_exception_if_processing_interrupted)
+    tokens = prepared.tokens
     if tokens.truncated:
-        logging.warning("Allegro %s prompt: T5 reads at most %d tokens; dropped: %s", label, TEXT_TOKENS, tokens.dropped_text)
+        unread = (f"; the {prepared.unread_chars} characters after the first {prepared.read_chars} were not read"
+                  if prepared.unread_chars else "")
+        logging.warning("Allegro %s prompt: T5 reads at most %d tokens; dropped: %s%s", label, TEXT_TOKENS,
+                        shorten(tokens.dropped_text or ""), unread)
     # The CLIP's own token layout (e.g. SD3's has clip_l/clip_g slots too), with our T5 ids in it.
     layout = clip.tokenize("")
     encoded = clip.encode_from_tokens({**layout, "t5xxl": [[(int(i), 1.0) for i in tokens.ids]]}, return_dict=True)
@@ -36,7 +51,12 @@ def encode(clip, text: str, clean: bool, label: str):
     if mask is None:
         raise ValueError("This CLIP runs T5 without an attention mask, which Allegro was trained with: load the T5 "
                          "with 'Load CLIP' type 'mochi' or 'ltxv' (types sd3, flux and pixart return no mask).")
-    return [[encoded["cond"], {"attention_mask": mask, "pooled_output": None}]]
+    states = encoded["cond"]
+    if not checks.is_finite(states):
+        raise ValueError(f"T5 turned the {label} prompt into {checks.count_non_finite(states)}: its weights or its "
+                         "dtype (fp16 can overflow in T5-XXL). Load it in bf16 or fp32, or download it again.")
+    encoder = getattr(clip, "allegro_source", None) or f"a T5 giving {states.shape[-1]}-wide states"
+    return [[states, {"attention_mask": mask, "pooled_output": None, "allegro_text_encoder": encoder}]]
 
 
 class AllegroTextEncode(io.ComfyNode):

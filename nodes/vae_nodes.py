@@ -4,11 +4,14 @@ The tile widgets default to the loaded VAE's own tiling (its config: the referen
 with overlaps 8 / 120 / 80 for the release), the same tiles core VAE Decode uses."""
 from dataclasses import replace
 
+import torch
 from comfy_api.v0_0_2 import io
 
 from ..allegro.config import FRAME_RATE, TEMPORAL_FACTOR
+from ..allegro.geometry import VideoSize
 from ..allegro.vae_tiling import TileSettings
-from . import video_latent
+from . import checks, video_latent
+from .memory import check_fits_in_memory
 
 CATEGORY = "Allegro/vae"
 OWN_SIZE, OWN_OVERLAP = 0, -1          # widget values meaning "the VAE's own setting"
@@ -54,6 +57,28 @@ def tiles_for(vae, tile_frames=OWN_SIZE, tile_size=OWN_SIZE, overlap_frames=OWN_
     return replace(tiles, **overlaps)
 
 
+# --- finite checks (numbers in, tensors out) -------------------------------------------------------
+
+def checked_tiles(node: str, tiles: dict) -> dict:
+    """Tile widgets as whole numbers (NaN, infinity or text can arrive through a link or the API)."""
+    return {name: checks.whole_number(node, name, value, OWN_OVERLAP if name.startswith("overlap") else OWN_SIZE)
+            for name, value in tiles.items()}
+
+
+def check_vae_output(vae, result, what: str, latent=None):
+    """NaN/inf out of finite input: the VAE made them; a latent of absurd values or fp16 is the usual reason."""
+    if checks.is_finite(result):
+        return
+    dtype = getattr(vae, "vae_dtype", None)
+    implausible = None if latent is None else checks.implausible_values(latent)
+    cause = (f"the latent: {implausible}; the node that made it is wrong" if implausible else
+             "it runs in fp16, whose range the VAE's activations exceed: load it with dtype fp32 (the model card's "
+             "advice) or bf16" if dtype == torch.float16 else
+             "its weights or config.json (the weights were checked when loaded): download the VAE again")
+    raise ValueError(f"The {what} hold {checks.count_non_finite(result)} although the input was finite: the VAE made "
+                     f"them. Most likely cause: {cause}.")
+
+
 class AllegroVAEDecode(io.ComfyNode):
     @classmethod
     def define_schema(cls):
@@ -80,7 +105,15 @@ class AllegroVAEDecode(io.ComfyNode):
             raise ValueError(f"'Allegro VAE Decode' takes an Allegro video latent {video_latent.SHAPE} as 'samples'; "
                              f"got shape {list(latent.shape)}. Decode other models' latents with their own VAE.")
         vae = allegro_vae(vae, "Allegro VAE Decode")
+        tiles = checked_tiles("Allegro VAE Decode", tiles)
+        if not checks.is_finite(latent):
+            raise ValueError(f"The latent to decode holds {checks.count_non_finite(latent)}: the node that made it "
+                             "produced them (a sampler with NaN inputs, or a latent file). Nothing was decoded.")
+        batch, _, frames, height, width = latent.shape        # a latent from elsewhere skipped the latent node's check
+        check_fits_in_memory(VideoSize(width * vae.config.spatial_factor, height * vae.config.spatial_factor,
+                                       frames * vae.config.temporal_factor), batch)
         frames = vae.decode_frames(latent, tiles_for(vae, **tiles))                 # [B, 4T', H, W, 3]
+        check_vae_output(vae, frames, "decoded frames", latent)
         frames = frames[:, :video_latent.video_frames(samples)]
         return io.NodeOutput(frames.reshape(-1, *frames.shape[2:]), FRAME_RATE)
 
@@ -110,5 +143,10 @@ class AllegroVAEEncode(io.ComfyNode):
             raise ValueError(f"'Allegro VAE Encode' needs video frames [frames, height, width, channels]; got "
                              f"shape {list(frames.shape)}.")
         vae = allegro_vae(vae, "Allegro VAE Encode")
+        tiles = checked_tiles("Allegro VAE Encode", tiles)
+        if not checks.is_finite(frames):
+            raise ValueError(f"The frames to encode hold {checks.count_non_finite(frames)}: the node that made them "
+                             "produced them. Nothing was encoded.")
         latent = vae.encode_video(frames, tiles_for(vae, **tiles))
+        check_vae_output(vae, latent, "encoded latent")
         return io.NodeOutput(video_latent.make(latent, frames.shape[0]))

@@ -196,3 +196,48 @@ def listing(folder: Path) -> set[str]:
     """Every file under `folder`, relative to it."""
     return {os.path.relpath(os.path.join(root, name), folder)
             for root, _, names in os.walk(folder) for name in names}
+
+
+# ---------------------------------------------------------------------------------------------
+# A test node with an "any" output, as many packs have (rgthree, pysssss, Impact…): ComfyUI does not
+# type-check what it links to, nor check a linked combo's value against its list.
+
+LINK_NODE_PACK = "allegro_test_links"
+LINK_NODE = "AllegroTest_AnyValue"
+LINK_NODE_SOURCE = '''"""Test-only node (written by the ComfyUI-Allegro test suite): its output is the JSON value typed
+into it, typed "*" so that it links into any input, as the "any" outputs of many node packs do."""
+import json
+
+
+class AnyType(str):
+    def __ne__(self, other):
+        return False
+
+
+class AnyValue:
+    CATEGORY = "testing"
+    FUNCTION = "run"
+    RETURN_TYPES = (AnyType("*"),)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"json_value": ("STRING", {"default": "0"})}}
+
+    def run(self, json_value):
+        return (json.loads(json_value),)
+
+
+NODE_CLASS_MAPPINGS = {"%s": AnyValue}
+''' % LINK_NODE
+
+
+def write_link_node(base_dir: Path) -> None:
+    """base_dir/custom_nodes/allegro_test_links/: the "any"-output test node (before ComfyUI starts)."""
+    folder = Path(base_dir) / "custom_nodes" / LINK_NODE_PACK
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "__init__.py").write_text(LINK_NODE_SOURCE)
+
+
+def linked_value(value) -> dict:
+    """The test node's API entry giving `value` (any JSON value, NaN and Infinity included)."""
+    return {"class_type": LINK_NODE, "inputs": {"json_value": json.dumps(value)}}

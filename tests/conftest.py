@@ -20,7 +20,10 @@ def test_output() -> Path:
 @pytest.fixture(scope="session")
 def base_dir(tmp_path_factory) -> Path:
     from allegro_devtools.runtime import prepare_base_dir
-    return prepare_base_dir(tmp_path_factory.mktemp("comfy-base"))
+    from bad_inputs import write_link_node
+    base = prepare_base_dir(tmp_path_factory.mktemp("comfy-base"))
+    write_link_node(base)          # a node with an "any" output, to link values into loaders and widgets
+    return base
 
 
 @pytest.fixture(scope="session")

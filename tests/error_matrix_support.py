@@ -4,7 +4,9 @@ test_error_matrix.py."""
 import json
 import shutil
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import requests
@@ -119,6 +121,46 @@ def reference_graph(steps=STEPS, frames=FRAMES, size=SIZE, tiles: dict | None = 
     graph["save_frames"] = {"class_type": "SaveImage",
                             "inputs": {"images": ["decode", 0], "filename_prefix": f"{PREFIX}{tag}/frame"}}
     return graph
+
+
+# ---------------------------------------------------------------------------------------------
+# Cases
+
+
+@dataclass(frozen=True)
+class Case:
+    id: str
+    bad: Callable[["Session"], dict]
+    node: str                       # the node whose error the user sees
+    expect: tuple[str, ...]         # all of these are in the message
+    good: Callable[["Session"], dict]
+    validation: bool = False        # refused by /prompt itself (400) rather than while running
+    absent: tuple[str, ...] = ()    # none of these may be in the message (e.g. what lies outside the models)
+
+
+def dit_file(name):
+    return lambda s: loader("AllegroVideo_ModelLoader", f"{PREFIX}{name}")
+
+
+def good_dit(s):
+    return loader("AllegroVideo_ModelLoader", "allegro_tiny_t2v.safetensors")
+
+
+def folder(component_loader, name):
+    return lambda s: loader(component_loader, f"diffusers/{PREFIX}{name}")
+
+
+def with_input(build, node, **inputs):
+    def make(s):
+        graph = build(s) if callable(build) else build
+        graph[node]["inputs"].update(inputs)
+        return graph
+    return make
+
+
+def size_graph(**inputs):
+    return lambda s: {"latent": empty_video(**{**dict(width=SIZE, height=SIZE, length=FRAMES), **inputs}),
+                      "show": show(["latent", 0])}
 
 
 # ---------------------------------------------------------------------------------------------

@@ -97,3 +97,9 @@ def test_gpu_bench_step_cache_loop_on_cpu():
     assert skipping.skipped > 0 and skipping.computed + skipping.skipped == 12
     assert psnr(uncached, uncached) == float("inf")
     assert 10 < psnr(cached, uncached) < float("inf")
+
+
+def test_weight_checks_bench(out_dir):
+    rows = {row[0]: row for row in table_rows(run_quick("weight_checks", out_dir))}
+    assert set(rows) == {"load with the finite check", "load without it", "the check alone (loaded tensors)"}
+    assert rows["load without it"][2] == "1.00"

@@ -29,7 +29,7 @@ def pickle_bomb(path, marker):
 
 def tensors(seed=0):
     generator = torch.Generator().manual_seed(seed)
-    return {"a.weight": torch.randn(3, 4, generator=generator), "b.bias": torch.arange(5, dtype=torch.int64),
+    return {"a.weight": torch.randn(3, 4, generator=generator), "b.bias": torch.arange(5, dtype=torch.float16),
             "c": torch.randn(2, generator=generator).to(torch.bfloat16)}
 
 

@@ -160,8 +160,14 @@ def test_vae_config_from_shapes_and_declared():
             assert getattr(config, key) == tuple(model.config[key]) if isinstance(model.config[key], (list, tuple)) \
                 else getattr(config, key) == model.config[key], key
         assert config.scaling_factor == 0.5                               # the original's name for it
-        bare = decide_vae_config(model.state_dict(), None, "vae.safetensors")
-        assert pick(bare, "norm_num_groups", "sample_size", "scaling_factor") == (32, 320, 0.13)
+        # Without a config the release's settings are assumed; its 32 groups cannot split 8 channels.
+        with pytest.raises(CheckpointError, match=r"no config came with it.*norm_num_groups=32 does not divide the "
+                                                  r"channel counts \[8, 8, 16, 16\]"):
+            decide_vae_config(model.state_dict(), None, "vae.safetensors")
+    with torch.device("meta"):
+        release = AutoencoderKLAllegro()
+    bare = decide_vae_config(release.state_dict(), None, "vae.safetensors")
+    assert pick(bare, "norm_num_groups", "sample_size", "scaling_factor") == (32, 320, 0.13)
     with pytest.raises(CheckpointError, match="latent_channels=16 but the tensors say 4"):
         decide_vae_config(model.state_dict(), {"latent_channels": 16}, "vae.safetensors")
 

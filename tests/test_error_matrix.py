@@ -14,8 +14,6 @@ The messages seen are written to test-output/error_matrix.md for a person to rea
 """
 import json
 import shutil
-from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 import pytest
@@ -23,9 +21,11 @@ from PIL import Image
 from safetensors.torch import load_file
 
 import bad_inputs
-from error_matrix_support import (FRAMES, PREFIX, SIZE, T2V, Session, assert_readable, decode, empty_video,
-                                  latent_into_sampler, load_image, loader, reference_graph, show, t2v, text_nodes,
-                                  ti2v, validation_message)
+from error_matrix_round2 import GOOD_GRAPHS, HOSTILE_PROMPT_UNIT, ROUND2_CASES, write_round2
+from error_matrix_support import (FRAMES, PREFIX, SIZE, T2V, Case, Session, assert_readable, decode, dit_file,
+                                  empty_video, folder, good_dit, latent_into_sampler, load_image, loader,
+                                  reference_graph, show, size_graph, t2v, text_nodes, ti2v, validation_message,
+                                  with_input)
 
 pytestmark = [pytest.mark.server, pytest.mark.slow]
 
@@ -36,6 +36,7 @@ def session(comfy_server, base_dir, tiny_models, test_output):
     session.remove_everything()          # leftovers of an interrupted earlier run
     session.created.clear()
     session.write_everything()
+    write_round2(session)
     session.events.start()
     yield session
     session.events.stop()
@@ -65,44 +66,11 @@ def saved_outputs(session: Session, entry: dict) -> dict:
 # ---------------------------------------------------------------------------------------------
 # The matrix of refusals
 
-@dataclass(frozen=True)
-class Case:
-    id: str
-    bad: Callable[[Session], dict]
-    node: str                       # the node whose error the user sees
-    expect: tuple[str, ...]         # all of these are in the message
-    good: Callable[[Session], dict]
-    validation: bool = False        # refused by /prompt itself (400) rather than while running
-
-
-def dit_file(name):
-    return lambda s: loader("AllegroVideo_ModelLoader", f"{PREFIX}{name}")
-
-
-def good_dit(s):
-    return loader("AllegroVideo_ModelLoader", "allegro_tiny_t2v.safetensors")
-
-
-def folder(component_loader, name):
-    return lambda s: loader(component_loader, f"diffusers/{PREFIX}{name}")
-
-
-def with_input(build, node, **inputs):
-    def make(s):
-        graph = build(s) if callable(build) else build
-        graph[node]["inputs"].update(inputs)
-        return graph
-    return make
-
-
 def image_batch(count: int) -> dict:
     return {"one": load_image("first.png"),
             "image": {"class_type": "RepeatImageBatch", "inputs": {"image": ["one", 0], "amount": count}}}
 
 
-def size_graph(**inputs):
-    return lambda s: {"latent": empty_video(**{**dict(width=SIZE, height=SIZE, length=FRAMES), **inputs}),
-                      "show": show(["latent", 0])}
 
 
 CORE_IMAGE_LATENT = {"class_type": "EmptyLatentImage", "inputs": {"width": SIZE, "height": SIZE, "batch_size": 1}}
@@ -212,8 +180,12 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("case", CASES, ids=[case.id for case in CASES])
+MATRIX = CASES + ROUND2_CASES
+
+
+@pytest.mark.parametrize("case", MATRIX, ids=[case.id for case in MATRIX])
 def test_refused_with_a_clear_message_then_the_fix_runs(session, case):
+    before = bad_inputs.listing(session.output)
     answer = session.post(case.bad(session))
     if case.validation:
         assert answer["http_status"] == 400, json.dumps(answer, indent=1)[:3000]
@@ -231,7 +203,10 @@ def test_refused_with_a_clear_message_then_the_fix_runs(session, case):
     assert_readable(message)
     missing = [text for text in case.expect if text not in message]
     assert not missing, f"{missing} not in the message:\n{message}"
+    leaked = [text for text in case.absent if text in message]
+    assert not leaked, f"{leaked} must not be in the message:\n{message}"
     assert not session.marker.exists(), "a pickle was unpickled"
+    assert bad_inputs.listing(session.output) == before, "the refused graph left files in the output folder"
     session.run_ok(case.good(session))
 
 
@@ -274,6 +249,42 @@ def test_a_prompt_over_512_tokens_is_truncated_with_a_warning(session):
 def test_unusual_prompts_run(session, prompt):
     session.run_ok(t2v(prompt=prompt))
     session.seen.append((f"{'non-ASCII' if prompt.strip() else repr(prompt)} prompt (succeeds)", "-", "runs"))
+
+
+@pytest.mark.parametrize("name", list(GOOD_GRAPHS))
+def test_round_two_inputs_that_must_work(session, name):
+    session.run_ok(GOOD_GRAPHS[name](session))
+    session.seen.append((f"{name} (succeeds)", "-", "runs"))
+
+
+def test_a_megabyte_prompt_encodes_while_the_server_answers_and_cancel_stops_it(session):
+    """1 MB prompts of the slowest shape for the cleaner: the encode finishes; while it runs GET /queue keeps
+    answering (its answers list the running prompt); POST /interrupt during the encode stops it in the text
+    node, with nothing saved; the next prompt runs."""
+    megabyte = (HOSTILE_PROMPT_UNIT * (2 ** 20 // len(HOSTILE_PROMPT_UNIT) + 1))[:2 ** 20]
+    graph = {**text_nodes(prompt=megabyte, negative=megabyte[::-1], use_template=True), "show": show(["text", 0])}
+    prompt_id = session.submit(graph)
+    answered_while_running = 0
+    while (entry := session.server.history(prompt_id)) is None or entry["status"].get("completed") is None:
+        if session.server.is_running(prompt_id):
+            answered_while_running += 1
+    assert entry["status"]["status_str"] == "success", entry["status"]
+    assert answered_while_running >= 3, "the server did not answer GET /queue while the prompt was encoded"
+    # Cancel while the text node runs.
+    before = bad_inputs.listing(session.output)
+    session.events.drain()
+    prompt_id = session.submit({**graph, "text": {**graph["text"], "inputs": {**graph["text"]["inputs"],
+                                                                               "prompt": megabyte + " again"}}})
+    session.events.wait_for(lambda e: e.get("type") == "executing" and e["data"].get("prompt_id") == prompt_id
+                            and e["data"].get("node") == "text", timeout=120)
+    session.server.interrupt()
+    entry = session.server.wait(prompt_id, timeout=120)
+    messages = dict(entry["status"]["messages"])
+    assert "execution_interrupted" in messages and messages["execution_interrupted"]["node_id"] == "text", messages
+    assert bad_inputs.listing(session.output) == before
+    session.seen.append(("1 MB prompt (encodes; Cancel stops it in the text node)", "execution_interrupted",
+                         f"{answered_while_running} GET /queue answers while it was encoded"))
+    session.run_ok(t2v())
 
 
 ALPHA = {"rgba": load_image("alpha.png"),

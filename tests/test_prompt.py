@@ -3,6 +3,7 @@ caption cleaner (as the oracle, over a broad corpus) and Hugging Face's T5 token
 import hashlib
 import json
 import random
+import time
 from pathlib import Path
 
 import pytest
@@ -179,3 +180,136 @@ def test_tokenize_for_t5_edges():
     assert tokenize_for_t5(encode, "", max_length=3).ids == [1, 0, 0]
     with pytest.raises(ValueError):
         tokenize_for_t5(encode, "a", max_length=0)
+
+
+# --- bounded cleaning ----------------------------------------------------------------------------
+# The reference's cleaner has regular expressions whose time grows with the square of a word's or a
+# whitespace run's length, and it reads the whole prompt. Ours gives the same text with linear rules
+# and reads a bounded prefix (allegro.prompt.prepare_for_t5).
+
+LINEAR_FRAGMENTS = ["a", "b", "X", "1", "12", "123456", ".", "..", "-", "_", "/", "//", ":", "@", "%", " ", "  ", "\n",
+                    "é", "http:", "https://", "www:", "www.", ".com", ".co", ".it", ".org", "com", ".png", ".jpeg",
+                    "jpg", "x", "×", "х", "<b>", "&amp;", "#", "#12", "'", '"', "page 1", "free", "shipping",
+                    "download", "click on", ",", "a1b2", "1.5", "\t", "中", "—"]
+
+
+def test_linear_rules_equal_the_reference_on_url_number_and_word_shapes(reference_preprocessing):
+    """The rewritten rules (URLs and bare domains, file names, sizes, a1b2c3 codes, space-dot-space) against
+    diffusers on strings made of exactly the pieces those rules look at."""
+    rng = random.Random(7)
+    texts = ["".join(rng.choice(LINEAR_FRAGMENTS) for _ in range(rng.randint(1, 25))) for _ in range(3000)]
+    texts += ["http:a.com", "a.com/b.org", "a.com_x.org", "_-a.com", "x.co.uk", "a.comx", "a.com-@", "é.com",
+              "a.com@b.org", "a1a" + "1" * 50 + "_", "1" * 40 + "x" + "1" * 40 + "_", "a" + " " * 30 + ". b"]
+    mismatches = [(t, clean_caption(t), reference_preprocessing(t, True)) for t in texts]
+    mismatches = [m for m in mismatches if m[1] != m[2]]
+    assert not mismatches, "first mismatches (input, ours, diffusers):\n" + "\n".join(map(repr, mismatches[:5]))
+
+
+HOSTILE_UNITS = {"many URLs": "https://example.com/a-b/c.jpg ", "bare domains": "a.b.c.d.e.com/", "many dashes": "-",
+                 "words and dashes": "a-", "a run without spaces": "a", "a run of digits": "1", "dots": "a.",
+                 "digits then x": "1x", "whitespace": " ", "nested HTML": "<div><b>", "unclosed tags": "<a\n",
+                 "unclosed comments": "<!--", "markup the cleaner deletes": "<a.png\n", "emoji": "🦊"}
+ONE_MB = 1 << 20
+
+
+def hostile(unit: str, length: int) -> str:
+    return (unit * (length // len(unit) + 1))[:length]
+
+
+def step_seconds(step, text: str) -> float:
+    best = float("inf")
+    for _ in range(3):
+        start = time.perf_counter()
+        step(text)
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+@pytest.mark.slow
+def test_every_regex_rule_is_linear():
+    """Each rule but the HTML parser (Python's own, bounded by the window instead), timed side by side on
+    8x longer hostile text: a linear rule takes about 8x as long, a quadratic one 64x."""
+    from allegro import prompt
+    steps = [s for s in (*prompt._BEFORE_CJK, prompt._DROP_ALL_CJK, *prompt._AFTER_CJK)
+             if s not in (prompt._strip_html, prompt._fix_encoding)]
+    worst = []
+    for name, unit in HOSTILE_UNITS.items():
+        short, long = hostile(unit, 16_000), hostile(unit, 128_000)
+        for index, step in enumerate(steps):
+            ratio = step_seconds(step, long) / max(step_seconds(step, short), 1e-4)
+            worst.append((ratio, name, index))
+    worst.sort(reverse=True)
+    assert worst[0][0] < 30, f"super-linear rules (time ratio, text, step index): {worst[:5]}"
+
+
+def test_a_megabyte_prompt_reads_a_bounded_prefix(t5_tokenizer):
+    """Whatever its shape, a 1 MB prompt is read up to the last window only; what it reads is what the
+    reference reads for that prefix (template or not). The time each takes is printed."""
+    from allegro.prompt import PROMPT_WINDOWS, prepare_for_t5
+    encode = lambda text: t5_tokenizer(text, add_special_tokens=False).input_ids  # noqa: E731
+    for name, unit in HOSTILE_UNITS.items():
+        for text in (hostile(unit, ONE_MB), apply_template(hostile(unit, ONE_MB))):
+            start = time.perf_counter()
+            prepared = prepare_for_t5(text, encode)
+            seconds = time.perf_counter() - start
+            print(f"{name}: {seconds:.2f} s, read {prepared.read_chars} characters, {prepared.tokens.length} tokens")
+            assert prepared.read_chars <= PROMPT_WINDOWS[-1] and prepared.total_chars == len(text)
+            assert len(prepared.tokens.ids) == 512
+            assert prepared.tokens.truncated == (prepared.read_chars < len(text) or prepared.tokens.length == 512)
+            assert prepared.text == clean_caption(text[:prepared.read_chars])
+
+
+def test_prompts_that_fit_are_prepared_exactly_as_the_reference(reference_preprocessing, t5_tokenizer):
+    """Every prompt of the corpus, and prompts longer than the first window that still fit in 512 tokens
+    once cleaned (URLs, markup and whitespace the cleaner deletes): the reference's ids and mask."""
+    from allegro.prompt import PROMPT_WINDOWS, prepare_for_t5
+    encode = lambda text: t5_tokenizer(text, add_special_tokens=False).input_ids  # noqa: E731
+    long_fitting = ["a fox " + "https://example.com/a/b.html " * 200 + "in the snow",
+                    "<p>" + "<span class='x'></span>" * 200 + "a fox in the snow</p>",
+                    "a fox" + " " * 6000 + "in the snow", "🦊" * 6000 + " a fox", "a-fox " + "#123 " * 1000,
+                    "a " * 1500 + "fox"]
+    assert all(PROMPT_WINDOWS[0] < len(text) <= PROMPT_WINDOWS[-1] for text in long_fitting)
+    for text in corpus() + long_fitting:
+        for clean in (True, False):
+            reference = tokenize_for_t5(encode, reference_preprocessing(text, clean))
+            ours = prepare_for_t5(text, encode, clean=clean)
+            assert (ours.tokens.ids, ours.tokens.attention_mask) == (reference.ids, reference.attention_mask), text[:80]
+            assert ours.read_chars == len(text) or reference.truncated
+
+
+def test_long_prompts_give_the_reference_first_tokens(reference_preprocessing, t5_tokenizer):
+    """Prompts far over 512 tokens, mixing words with what the cleaner removes: the 511 tokens T5 reads are
+    the reference's, though only a prefix was cleaned."""
+    from allegro.prompt import prepare_for_t5
+    encode = lambda text: t5_tokenizer(text, add_special_tokens=False).input_ids  # noqa: E731
+    words = ["the", "fox", "runs", "through", "snow,", "at", "dawn.", "A", "red", "barn", "https://example.com/x.jpg",
+             "www.site.org", "<b>bold</b>", "&amp;", "1920x1080", "—", "well-known", "#12", "(masterpiece)",
+             "free shipping", "@user", "10.0.0.1", "page 3", "photo.png", "ab1234", "\n", "'quoted'", "😀", "中文"]
+    rng = random.Random(3)
+    for _ in range(12):
+        text = " ".join(rng.choice(words) for _ in range(rng.randint(1000, 6000)))
+        for candidate in (text, apply_template(text)):
+            reference = tokenize_for_t5(encode, reference_preprocessing(candidate, True))
+            assert prepare_for_t5(candidate, encode).tokens.ids == reference.ids
+
+
+def test_cancel_is_checked_between_bounded_steps(t5_tokenizer):
+    from allegro.prompt import prepare_for_t5
+
+    class Cancelled(Exception):
+        pass
+
+    calls = []
+
+    def check():
+        calls.append(1)
+        if len(calls) == 20:
+            raise Cancelled
+
+    encode = lambda text: t5_tokenizer(text, add_special_tokens=False).input_ids  # noqa: E731
+    with pytest.raises(Cancelled):
+        prepare_for_t5(hostile("<a.png\n", ONE_MB), encode, check_interrupt=check)
+    assert len(calls) == 20
+    counted = []
+    prepare_for_t5("a fox", encode, check_interrupt=lambda: counted.append(1))
+    assert len(counted) > 60        # before each of the two passes' 35 steps, and around tokenizing
