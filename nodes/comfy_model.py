@@ -18,6 +18,7 @@ import comfy.utils
 from ..allegro.config import LATENT_CHANNELS, LATENT_SCALE, TransformerConfig
 from ..allegro.schedule import sigma_at, timestep_at, training_sigmas
 from ..allegro.transformer import AllegroTransformer3D
+from . import model_size
 from .step_cache import cache_call_arguments
 from .ti2v import FRAME_MASK, LATENT_SCALE_KEY, MASKED_VIDEO
 
@@ -129,6 +130,8 @@ class AllegroBaseModel(comfy.model_base.BaseModel):
                           comfy.utils.resize_to_batch_size(frame_mask, batch).to(device)], dim=1)
 
     def extra_conds(self, **kwargs):
+        if kwargs.get("noise") is not None:
+            model_size.warn_if_untrained_size(self.model_config.unet_config["allegro"], kwargs["noise"].shape)
         out = super().extra_conds(**kwargs)
         attention_mask = kwargs.get("attention_mask")
         if attention_mask is not None:
