@@ -106,11 +106,11 @@ def allegro_ti2v_keyframes() -> list[Node]:
     note = nodes[0]
     note.text = note.text.replace(TI2V_IMAGES_NOTE, KEYFRAMES_NOTE)
     keyframes = Node(10, "AllegroVideo_TI2VKeyframes", (440, 460), {"indices": "0, 44, -1"},
-                     {"positive": (3, 0), "negative": (3, 1), "vae": (7, 0), "images": (16, 0)}, width=420)
+                     {"positive": (3, 0), "negative": (3, 1), "vae": (7, 0), "images": (17, 0)}, width=420)
     loads = [Node(node_id, "LoadImage", (x, 1180), {"image": "example.png"}, title=title, width=300)
              for node_id, x, title in ((11, 0, "Frame 0"), (12, 320, "Frame 44"), (15, 640, "Last frame"))]
-    batches = [Node(14, "ImageBatch", (0, 1000), links={"image1": (11, 0), "image2": (12, 0)}, width=300),
-               Node(16, "ImageBatch", (320, 1000), links={"image1": (14, 0), "image2": (15, 0)}, width=300)]
+    batches = [Node(16, "ImageBatch", (0, 1000), links={"image1": (11, 0), "image2": (12, 0)}, width=300),
+               Node(17, "ImageBatch", (320, 1000), links={"image1": (16, 0), "image2": (15, 0)}, width=300)]
     for node in nodes:
         if node.type == "SaveVideo":
             node.widgets["filename_prefix"] = "allegro/ti2v_keyframes"
@@ -184,12 +184,20 @@ WORKFLOWS = {
 }
 
 
+def check_ids(name: str, nodes: list[Node]) -> None:
+    ids = [node.id for node in nodes]
+    if len(ids) != len(set(ids)):
+        raise ValueError(f"{name}: node ids used twice: {sorted({i for i in ids if ids.count(i) > 1})}")
+
+
 def main():
     definitions = live_definitions()
     WORKFLOW_DIR.mkdir(exist_ok=True)
     for name, make in WORKFLOWS.items():
         path = WORKFLOW_DIR / f"{name}.json"
-        path.write_text(json.dumps(build(make(), definitions), indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+        nodes = make()
+        check_ids(name, nodes)
+        path.write_text(json.dumps(build(nodes, definitions), indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
         print("wrote", path.relative_to(REPO))
 
 
