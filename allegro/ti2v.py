@@ -125,7 +125,8 @@ def resolve_frame_indices(indices: list[int], num_frames: int) -> list[int]:
                              f"or -{num_frames} to -1 counted from the end (-1 = the last frame).")
         frame = index % num_frames
         if frame in first_named:
-            same = f"index {index} twice" if index == first_named[frame] else f"indices {first_named[frame]} and {index}"
+            earlier = first_named[frame]
+            same = f"index {index} twice" if index == earlier else f"indices {earlier} and {index}"
             raise ValueError(f"Two images on frame {frame} ({same}): each frame takes at most one image. "
                              "Remove one, or give it another index.")
         first_named[frame] = index

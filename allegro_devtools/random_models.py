@@ -330,9 +330,9 @@ def low_res_geometry(repo: str = "rhymes-ai/Allegro-T2V-40x360P") -> Geometry:
     from allegro.config import KNOWN_VARIANTS, SPATIAL_FACTOR, TEMPORAL_FACTOR
     variant = next(v for v in KNOWN_VARIANTS if v.repo == repo)
     t, h, w = variant.interpolation_scales
-    return Geometry(dict(sample_frames=variant.frames // TEMPORAL_FACTOR, sample_height=variant.height // SPATIAL_FACTOR,
-                         sample_width=variant.width // SPATIAL_FACTOR, interpolation_scale_t=t,
-                         interpolation_scale_h=h, interpolation_scale_w=w),
+    return Geometry(dict(sample_frames=variant.frames // TEMPORAL_FACTOR,
+                         sample_height=variant.height // SPATIAL_FACTOR, sample_width=variant.width // SPATIAL_FACTOR,
+                         interpolation_scale_t=t, interpolation_scale_h=h, interpolation_scale_w=w),
                     dict(latent_channels=4, sample_size=320))
 
 

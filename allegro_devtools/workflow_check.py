@@ -89,7 +89,8 @@ THIRD_PARTY_DEFS = {
 MODEL_FILE_WIDGETS = {
     ("AllegroVideo_ModelLoader", "model_name"): {"diffusers/Allegro", "diffusers/Allegro-TI2V",
                                                  "diffusers/Allegro-T2V-40x360P"},
-    ("AllegroVideo_VAELoader", "vae_name"): {"diffusers/Allegro", "diffusers/Allegro-TI2V", "diffusers/Allegro-T2V-40x360P"},
+    ("AllegroVideo_VAELoader", "vae_name"): {"diffusers/Allegro", "diffusers/Allegro-TI2V",
+                                             "diffusers/Allegro-T2V-40x360P"},
     ("AllegroVideo_T5Loader", "text_encoder"): {"diffusers/Allegro"},
     ("CLIPLoader", "clip_name"): {"t5xxl_fp16.safetensors"},
     ("LoadImage", "image"): {"example.png"},

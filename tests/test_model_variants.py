@@ -14,14 +14,16 @@ from allegro.config import (KNOWN_VARIANTS, RELEASE_TRANSFORMER, known_variant, 
 
 # transformer/config.json of the hub repos, as published (huggingface.co/rhymes-ai/<repo>/blob/main/…).
 HUB_CONFIGS = {
-    "rhymes-ai/Allegro-T2V-40x360P": """{"_class_name": "AllegroTransformer3DModel", "_diffusers_version": "0.31.0.dev0",
+    "rhymes-ai/Allegro-T2V-40x360P": """{"_class_name": "AllegroTransformer3DModel",
+        "_diffusers_version": "0.31.0.dev0",
         "activation_fn": "gelu-approximate", "attention_bias": true, "attention_head_dim": 96, "caption_channels": 4096,
         "cross_attention_dim": 2304, "dropout": 0.0, "in_channels": 4, "interpolation_scale_h": 1.0,
         "interpolation_scale_t": 1.0, "interpolation_scale_w": 1.0, "norm_elementwise_affine": false,
         "norm_eps": 1e-06, "norm_type": "ada_norm_single", "num_attention_heads": 24, "num_layers": 32,
         "out_channels": 4, "patch_size": 2, "patch_size_t": 1, "sample_frames": 10, "sample_height": 46,
         "sample_width": 80, "sample_size": [46, 80], "sample_size_t": 10}""",
-    "rhymes-ai/Allegro-T2V-40x720P": """{"_class_name": "AllegroTransformer3DModel", "_diffusers_version": "0.31.0.dev0",
+    "rhymes-ai/Allegro-T2V-40x720P": """{"_class_name": "AllegroTransformer3DModel",
+        "_diffusers_version": "0.31.0.dev0",
         "activation_fn": "gelu-approximate", "attention_bias": true, "attention_head_dim": 96, "caption_channels": 4096,
         "cross_attention_dim": 2304, "dropout": 0.0, "in_channels": 4, "interpolation_scale_h": 2.0,
         "interpolation_scale_t": 1.0, "interpolation_scale_w": 2.0, "norm_elementwise_affine": false,

@@ -144,7 +144,8 @@ def test_stretch_resizes_the_whole_image_to_the_target():
 def test_the_three_modes_agree_when_the_aspect_already_matches_and_others_are_refused():
     image = torch.rand(64, 96, 3)
     crop = prepare_image(image, 32, 48)
-    assert torch.equal(crop, prepare_image(image, 32, 48, "pad")) and torch.equal(crop, prepare_image(image, 32, 48, "stretch"))
+    assert torch.equal(crop, prepare_image(image, 32, 48, "pad"))
+    assert torch.equal(crop, prepare_image(image, 32, 48, "stretch"))
     with pytest.raises(ValueError, match="resize must be one of crop, pad, stretch"):
         prepare_image(image, 32, 48, "fill")
 

@@ -45,7 +45,8 @@ def graph(conditioning: dict, sample: bool = False) -> dict:
     nodes["cond"]["inputs"].update(positive=["text", 0], negative=["text", 1], vae=["vae", 0])
     if sample:
         nodes.update({
-            "dit": {"class_type": "AllegroVideo_ModelLoader", "inputs": {"model_name": TINY_TI2V, "weight_dtype": "fp32"}},
+            "dit": {"class_type": "AllegroVideo_ModelLoader",
+                    "inputs": {"model_name": TINY_TI2V, "weight_dtype": "fp32"}},
             "sample": {"class_type": "AllegroVideo_Sampler", "inputs": {
                 "model": ["dit", 0], "positive": ["cond", 0], "negative": ["cond", 1], "latent": ["cond", 2],
                 "seed": 1427329220, "steps": TINY_STEPS, "cfg": 8.0, "sampler_name": "euler_ancestral",
