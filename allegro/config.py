@@ -163,6 +163,27 @@ HEAD_DIM = RELEASE_TRANSFORMER.attention_head_dim    # assumed when only tensor 
 FRAME_RATE = 15.0                                    # the released videos: 88 frames at 15 fps
 TEXT_TOKENS = 512                                    # T5 tokens the DiT was trained with (padding masked)
 
+
+@dataclass(frozen=True)
+class KnownVariant:
+    """A published Allegro DiT: the video size it was trained at and the RoPE interpolation scales
+    (t, h, w) its transformer/config.json gives (None where that file could not be read here)."""
+    repo: str
+    frames: int
+    height: int
+    width: int
+    interpolation_scales: tuple | None
+    ti2v: bool = False
+
+
+# From the hub configs (sample_frames/height/width x 4/8/8) and model cards.
+KNOWN_VARIANTS = (
+    KnownVariant("rhymes-ai/Allegro", 88, 720, 1280, (2.2, 2.0, 2.0)),
+    KnownVariant("rhymes-ai/Allegro-TI2V", 88, 720, 1280, None, ti2v=True),
+    KnownVariant("rhymes-ai/Allegro-T2V-40x720P", 40, 720, 1280, (1.0, 2.0, 2.0)),
+    KnownVariant("rhymes-ai/Allegro-T2V-40x360P", 40, 368, 640, (1.0, 1.0, 1.0)),
+)
+
 # Class names a hub component's config.json may carry (diffusers' and the original repo's).
 COMPONENT_CLASSES = {
     "transformer": ("AllegroTransformer3DModel", "AllegroTransformerTI2V3DModel"),
@@ -375,3 +396,23 @@ def decide_latent_scale(vae_declared: Mapping | None) -> float:
     config = vae_config_from_dict(vae_declared, "The VAE config of the model's download")
     check_ranges(config, "The VAE config of the model's download", RELEASE_VAE, ("scaling_factor",))
     return config.scaling_factor
+
+
+# ---------------------------------------------------------------------------------------------
+# What a decided config says about training
+
+def trained_size(config: TransformerConfig) -> tuple[int, int, int]:
+    """(frames, height, width) of the videos the DiT was trained at: its config's sample sizes
+    (latent units) in frames and pixels."""
+    return (config.sample_frames * TEMPORAL_FACTOR, config.sample_height * SPATIAL_FACTOR,
+            config.sample_width * SPATIAL_FACTOR)
+
+
+def known_variant(config: TransformerConfig) -> KnownVariant | None:
+    """The published model whose trained size, kind and (where recorded) RoPE scales the config has."""
+    scales = (config.interpolation_scale_t, config.interpolation_scale_h, config.interpolation_scale_w)
+    for variant in KNOWN_VARIANTS:
+        if ((variant.frames, variant.height, variant.width) == trained_size(config) and variant.ti2v == config.ti2v
+                and variant.interpolation_scales in (None, scales)):
+            return variant
+    return None

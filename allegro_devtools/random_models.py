@@ -320,3 +320,38 @@ def write_all(models_dir: Path) -> dict[str, Path]:
               metadata={"format": "pt", "config": json.dumps(public_config(vae))})
     stamp.write_text(json.dumps(expected_stamp, indent=2))
     return paths
+
+
+# --- a 40-frame low-resolution research model, tiny ---------------------------------------------
+
+def low_res_geometry(repo: str = "rhymes-ai/Allegro-T2V-40x360P") -> Geometry:
+    """A published variant's geometry (allegro.config.KNOWN_VARIANTS): its sample size and RoPE scales,
+    and the release's 320-px VAE tiles."""
+    from allegro.config import KNOWN_VARIANTS, SPATIAL_FACTOR, TEMPORAL_FACTOR
+    variant = next(v for v in KNOWN_VARIANTS if v.repo == repo)
+    t, h, w = variant.interpolation_scales
+    return Geometry(dict(sample_frames=variant.frames // TEMPORAL_FACTOR,
+                         sample_height=variant.height // SPATIAL_FACTOR, sample_width=variant.width // SPATIAL_FACTOR,
+                         interpolation_scale_t=t, interpolation_scale_h=h, interpolation_scale_w=w),
+                    dict(latent_channels=4, sample_size=320))
+
+
+def write_low_res_pipeline(models_dir: Path, repo: str = "rhymes-ai/Allegro-T2V-40x360P") -> Path:
+    """models_dir/diffusers/<name>-tiny/: the tiny T2V weights (same seeds as write_all's) with the config
+    of a low-resolution variant and a VAE config with the release's 320-px tiles; T5, tokenizer and
+    scheduler copied from the tiny set (written first). Written once."""
+    paths = write_all(models_dir)
+    folder = Path(models_dir) / "diffusers" / (repo.split("/")[-1] + "-tiny")
+    if (folder / "model_index.json").is_file():
+        return folder
+    shutil.rmtree(folder, ignore_errors=True)
+    geometry = low_res_geometry(repo)
+    transformer = build_transformer(transformer_kwargs("tiny", geometry), seed=0)
+    vae = build_vae(vae_kwargs("tiny", geometry), seed=1)
+    folder.mkdir(parents=True)
+    saver(transformer)(folder / "transformer")
+    vae.save_pretrained(folder / "vae", safe_serialization=True)
+    for name in ("text_encoder", "tokenizer", "scheduler"):
+        shutil.copytree(paths["diffusers_t2v"] / name, folder / name)
+    (folder / "model_index.json").write_text(json.dumps(MODEL_INDEX, indent=2))
+    return folder

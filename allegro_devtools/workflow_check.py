@@ -87,8 +87,10 @@ THIRD_PARTY_DEFS = {
 # Loader widgets whose choices are the files present, so the live server cannot judge them: the names the
 # shipped workflows must use (where the README tells users to put the downloads).
 MODEL_FILE_WIDGETS = {
-    ("AllegroVideo_ModelLoader", "model_name"): {"diffusers/Allegro", "diffusers/Allegro-TI2V"},
-    ("AllegroVideo_VAELoader", "vae_name"): {"diffusers/Allegro", "diffusers/Allegro-TI2V"},
+    ("AllegroVideo_ModelLoader", "model_name"): {"diffusers/Allegro", "diffusers/Allegro-TI2V",
+                                                 "diffusers/Allegro-T2V-40x360P"},
+    ("AllegroVideo_VAELoader", "vae_name"): {"diffusers/Allegro", "diffusers/Allegro-TI2V",
+                                             "diffusers/Allegro-T2V-40x360P"},
     ("AllegroVideo_T5Loader", "text_encoder"): {"diffusers/Allegro"},
     ("CLIPLoader", "clip_name"): {"t5xxl_fp16.safetensors"},
     ("LoadImage", "image"): {"example.png"},
@@ -226,11 +228,25 @@ def link_problems(workflow: dict, object_info: dict) -> list[str]:
     return problems
 
 
+# The nodes that make a TI2V latent (their size widgets and images are set for tiny runs).
+TI2V_NODE_TYPES = ("AllegroVideo_TI2VConditioning", "AllegroVideo_TI2VKeyframes", "AllegroVideo_TI2VContinue")
+
+
+def tiny_indices(indices: str, length: int, tiny_length: int) -> str:
+    """A keyframe index list for a shorter clip: frames from the start scaled, from the end kept."""
+    values = [int(token) for token in indices.replace(",", " ").split()]
+    return ", ".join(str(v if v < 0 else v * tiny_length // length) for v in values)
+
+
 def tiny_prompt(prompt: dict, first_image: str, last_image: str | None = None) -> dict:
     """The API prompt of a shipped workflow, made to run on the tiny test weights at a small size:
-    tiny model folders, 240x240x24, 2 steps, the test images; CLIPLoader (which cannot load a tiny T5)
-    swapped for the package's diffusers T5 loader under the same node id, so every link still holds."""
+    tiny model folders, 240x240x24 (keyframe indices scaled to it), 2 steps, the test images (the one
+    linked to a TI2V node's last_frame gets `last_image`, every other Load Image `first_image`);
+    CLIPLoader (which cannot load a tiny T5) swapped for the package's diffusers T5 loader under the
+    same node id, so every link still holds."""
     prompt = copy.deepcopy(prompt)
+    last_frame_loads = {node["inputs"]["last_frame"][0] for node in prompt.values()
+                        if node["class_type"] in TI2V_NODE_TYPES and "last_frame" in node["inputs"]}
     for node_id, node in list(prompt.items()):
         kind, inputs = node["class_type"], node["inputs"]
         if kind == "AllegroVideo_ModelLoader":
@@ -241,11 +257,12 @@ def tiny_prompt(prompt: dict, first_image: str, last_image: str | None = None) -
         elif kind in ("CLIPLoader", "AllegroVideo_T5Loader"):
             prompt[node_id] = {"class_type": "AllegroVideo_T5Loader", "inputs": {"text_encoder": TINY_T2V, "dtype": "fp32"},
                                "_meta": {"title": "tiny T5 (test)"}}
-        elif kind in ("AllegroVideo_EmptyLatentVideo", "AllegroVideo_TI2VConditioning"):
+        elif kind == "AllegroVideo_EmptyLatentVideo" or kind in TI2V_NODE_TYPES:
+            if isinstance(inputs.get("indices"), str):
+                inputs["indices"] = tiny_indices(inputs["indices"], inputs["length"], TINY_SIZE["length"])
             inputs.update(TINY_SIZE)
-            for name, image in (("first_frame", first_image), ("last_frame", last_image)):
-                if name in inputs:
-                    prompt[inputs[name][0]]["inputs"]["image"] = image
+        elif kind == "LoadImage":
+            inputs["image"] = last_image if node_id in last_frame_loads and last_image else first_image
         elif kind == "AllegroVideo_Sampler":
             inputs["steps"] = TINY_STEPS
     return prompt

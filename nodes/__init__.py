@@ -5,6 +5,7 @@ registers LoadAllegroModel, AllegroSampler, …; ComfyUI lets the pack loaded la
 id). Ids and input names are part of saved workflows: never rename them."""
 from comfy_api.v0_0_2 import ComfyExtension, io
 
+from .clips import AllegroJoinClips
 from .latent import AllegroEmptyLatentVideo
 from .loaders import AllegroModelLoader, AllegroT5Loader, AllegroVAELoader
 from .lora import AllegroLoraLoader
@@ -13,6 +14,7 @@ from .sampler import AllegroSampler
 from .step_cache import AllegroStepCache
 from .text_encode import AllegroTextEncode
 from .ti2v import AllegroTI2VConditioning
+from .ti2v_keyframes import AllegroTI2VContinue, AllegroTI2VKeyframes
 from .vae_nodes import AllegroVAEDecode, AllegroVAEEncode
 
 NODE_ID_PREFIX = "AllegroVideo_"
@@ -20,6 +22,7 @@ NODES: list[type[io.ComfyNode]] = [
     AllegroModelLoader, AllegroVAELoader, AllegroT5Loader, AllegroTextEncode, AllegroEmptyLatentVideo,
     AllegroSampler, AllegroVAEDecode, AllegroVAEEncode, AllegroTI2VConditioning, AllegroStepCache,
     AllegroLoraLoader,
+    AllegroTI2VKeyframes, AllegroTI2VContinue, AllegroJoinClips,
 ]
 # The ids this package used before the prefix (version 0.1): ComfyUI versions with node replacement
 # open workflows saved with them as the new nodes (same inputs, same order).

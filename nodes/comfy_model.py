@@ -25,7 +25,7 @@ from ..allegro.config import (LATENT_CHANNELS, LATENT_SCALE, SPATIAL_FACTOR, TEM
                               TransformerConfig)
 from ..allegro.schedule import sigma_at, timestep_at, training_sigmas
 from ..allegro.transformer import AllegroTransformer3D
-from . import comfy_compat
+from . import comfy_compat, model_size
 from .step_cache import cache_call_arguments
 from .ti2v import FRAME_MASK, LATENT_SCALE_KEY, MASKED_VIDEO
 
@@ -176,6 +176,8 @@ class AllegroBaseModel(comfy.model_base.BaseModel):
                           comfy.utils.resize_to_batch_size(frame_mask, batch).to(device)], dim=1)
 
     def extra_conds(self, **kwargs):
+        if kwargs.get("noise") is not None:
+            model_size.warn_if_untrained_size(self.model_config.unet_config["allegro"], kwargs["noise"].shape)
         out = super().extra_conds(**kwargs)
         attention_mask, cross_attn = kwargs.get("attention_mask"), kwargs.get("cross_attn")
         if attention_mask is not None and cross_attn is not None and attention_mask.shape[-1] != cross_attn.shape[1]:

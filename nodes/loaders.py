@@ -10,7 +10,7 @@ from comfy_api.v0_0_2 import io
 from ..allegro import config as allegro_config
 from ..allegro.checkpoint_kinds import KIND_DESCRIPTIONS, identify_checkpoint, strip_prefix
 from ..allegro.checkpoints import Checkpoint
-from . import sources
+from . import model_size, sources
 
 CATEGORY = "Allegro/loaders"
 
@@ -46,6 +46,7 @@ def load_model(model_name: str, weight_dtype: str, disable_dynamic: bool = False
     config = allegro_config.decide_transformer_config(weights, kind, checkpoint.declared, source)
     latent_scale = allegro_config.decide_latent_scale(checkpoint.companions.get("vae"))
     logging.info("Loading %s from %s", KIND_DESCRIPTIONS[kind], checkpoint.source)
+    model_size.report_loaded(config)
     patcher = build_model(config, weights, WEIGHT_DTYPES[weight_dtype], latent_scale, disable_dynamic=disable_dynamic)
     patcher.cached_patcher_init = (load_model, (model_name, weight_dtype))    # unread by 0.3.75 and 0.8.0
     patcher.model.allegro_source = model_name          # named in the sampler's messages

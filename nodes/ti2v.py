@@ -1,6 +1,9 @@
-"""Allegro-TI2V conditioning: first frame (and optional last frame) → both CONDITIONINGs carry the
-VAE-encoded masked video and the folded frame mask, plus the LATENT to sample — the pattern of
-ComfyUI's own image-to-video nodes, so the Allegro sampler and the stock KSampler both run it."""
+"""Allegro-TI2V conditioning: images at chosen frames → both CONDITIONINGs carry the VAE-encoded
+masked video and the folded frame mask, plus the LATENT to sample — the pattern of ComfyUI's own
+image-to-video nodes, so the Allegro sampler and the stock KSampler both run it.
+
+`image_conditioning` is what every TI2V node does once it knows which image goes on which frame:
+this module's first/last-frame node, and the keyframe and continuation nodes (ti2v_keyframes.py)."""
 import torch
 from comfy_api.v0_0_2 import io
 
@@ -9,7 +12,7 @@ import node_helpers
 
 from ..allegro.config import LATENT_CHANNELS
 from ..allegro.geometry import check_video_size, decoded_frames
-from ..allegro.ti2v import conditioning_indices, frame_mask, prepare_image
+from ..allegro.ti2v import RESIZE_MODES, conditioning_indices, frame_mask, prepare_image
 from . import video_latent
 from .latent import size_inputs
 from .memory import check_fits_in_memory
@@ -17,6 +20,23 @@ from .memory import check_fits_in_memory
 CATEGORY = "Allegro/conditioning"
 # Conditioning keys the model's concat_cond reads (comfy_model.AllegroBaseModel).
 MASKED_VIDEO, FRAME_MASK, LATENT_SCALE_KEY = "allegro_masked_video", "allegro_frame_mask", "allegro_latent_scale"
+RESIZE_TOOLTIP = ("How an image whose aspect differs from the video's becomes a frame. crop (the reference): centre "
+                  "crop to the video's aspect, then resize. pad: the whole image, resized to fit, with black bars "
+                  "(the video keeps them). stretch: resized to the video's size, distorted.")
+
+
+def resize_input(optional: bool = False):
+    return io.Combo.Input("resize", options=list(RESIZE_MODES), default="crop", optional=optional,
+                          tooltip=RESIZE_TOOLTIP)
+
+
+def ti2v_outputs() -> list:
+    return [
+        io.Conditioning.Output(display_name="positive", tooltip="Positive conditioning with the image frames."),
+        io.Conditioning.Output(display_name="negative", tooltip="Negative conditioning with the same image frames "
+                                                                "(both CFG branches see them, as in the reference)."),
+        io.Latent.Output(display_name="latent", tooltip="The empty latent to sample, of the chosen size and length."),
+    ]
 
 
 def single_image(image: torch.Tensor | None, name: str) -> torch.Tensor | None:
@@ -31,6 +51,26 @@ def single_image(image: torch.Tensor | None, name: str) -> torch.Tensor | None:
     return image[0]
 
 
+def image_conditioning(positive, negative, vae, frames: dict[int, torch.Tensor], width: int, height: int,
+                       length: int, resize: str, node: str) -> io.NodeOutput:
+    """frames: {video frame (0..length-1): IMAGE frame [H, W, C]} → (positive, negative, latent)."""
+    size = check_video_size(width, height, length)
+    check_fits_in_memory(size)
+    if not hasattr(vae, "encode_conditioning_frames"):
+        raise ValueError(f"'{node}' needs the Allegro VAE ('Load Allegro VAE'), not another VAE.")
+    latent_size = size.latent_shape
+    prepared = {index: prepare_image(image, height, width, resize) for index, image in frames.items()}
+    # Encode the whole frames the latent decodes to (the frame rule): frame indices count the video's
+    # `length` frames, the 4k + 1 lengths' extra decoded frames are never given.
+    masked_video = vae.encode_conditioning_frames(prepared, decoded_frames(latent_size[0]), height, width)
+    mask = frame_mask(sorted(prepared), latent_size, device=masked_video.device)
+    values = {MASKED_VIDEO: masked_video, FRAME_MASK: mask, LATENT_SCALE_KEY: vae.config.scaling_factor}
+    positive = node_helpers.conditioning_set_values(positive, values)
+    negative = node_helpers.conditioning_set_values(negative, values)
+    latent = torch.zeros([1, LATENT_CHANNELS, *latent_size], device=comfy.model_management.intermediate_device())
+    return io.NodeOutput(positive, negative, video_latent.make(latent, length))
+
+
 class AllegroTI2VConditioning(io.ComfyNode):
     @classmethod
     def define_schema(cls):
@@ -40,8 +80,9 @@ class AllegroTI2VConditioning(io.ComfyNode):
             category=CATEGORY,
             description="Image-to-video for Allegro-TI2V: the first frame, and optionally the last, become the video's "
                         "start (and end). Images of any size are centre-cropped to the video's aspect and resized, as "
-                        "the reference does, then VAE-encoded with the posterior mean (deterministic; the reference "
-                        "draws a random sample). Feed the three outputs to the sampler; use CFG 8 as the reference.",
+                        "the reference does (or padded / stretched: 'resize'), then VAE-encoded with the posterior "
+                        "mean (deterministic; the reference draws a random sample). Feed the three outputs to the "
+                        "sampler; use CFG 8 as the reference. Frames anywhere: 'Allegro TI2V Keyframes'.",
             inputs=[
                 io.Conditioning.Input("positive", tooltip="From 'Allegro Text Encode'."),
                 io.Conditioning.Input("negative", tooltip="From 'Allegro Text Encode'."),
@@ -51,33 +92,17 @@ class AllegroTI2VConditioning(io.ComfyNode):
                 *size_inputs("Frames (a multiple of 4, or one more); 88 = 6 s at 15 fps as trained."),
                 io.Image.Input("last_frame", optional=True,
                                tooltip="Optional: the video's last frame (first-and-last-frame mode)."),
+                # Last, so the widget values of workflows saved before it existed keep their places.
+                resize_input(optional=True),
             ],
-            outputs=[
-                io.Conditioning.Output(display_name="positive", tooltip="Positive conditioning with the image frames."),
-                io.Conditioning.Output(display_name="negative", tooltip="Negative conditioning with the same image "
-                                                                        "frames (both CFG branches see them, as in the "
-                                                                        "reference)."),
-                io.Latent.Output(display_name="latent", tooltip="The empty latent to sample, of the chosen size and "
-                                                                "length."),
-            ],
+            outputs=ti2v_outputs(),
         )
 
     @classmethod
-    def execute(cls, positive, negative, vae, first_frame, width, height, length, last_frame=None) -> io.NodeOutput:
+    def execute(cls, positive, negative, vae, first_frame, width, height, length, last_frame=None,
+                resize="crop") -> io.NodeOutput:
         first, last = single_image(first_frame, "first_frame"), single_image(last_frame, "last_frame")
-        size = check_video_size(width, height, length)
-        check_fits_in_memory(size)
-        if not hasattr(vae, "encode_conditioning_frames"):
-            raise ValueError("Allegro TI2V Conditioning needs the Allegro VAE ('Load Allegro VAE'), not another VAE.")
-        latent_size = size.latent_shape
-        indices = conditioning_indices(length, last is not None)
-        images = [prepare_image(first, height, width)] + ([prepare_image(last, height, width)] if last is not None else [])
-        # Encode the whole frames the latent decodes to (the frame rule), the last image at length - 1.
-        masked_video = vae.encode_conditioning_frames(dict(zip(indices, images)), decoded_frames(latent_size[0]),
-                                                      height, width)
-        mask = frame_mask(indices, latent_size, device=masked_video.device)
-        values = {MASKED_VIDEO: masked_video, FRAME_MASK: mask, LATENT_SCALE_KEY: vae.config.scaling_factor}
-        positive = node_helpers.conditioning_set_values(positive, values)
-        negative = node_helpers.conditioning_set_values(negative, values)
-        latent = torch.zeros([1, LATENT_CHANNELS, *latent_size], device=comfy.model_management.intermediate_device())
-        return io.NodeOutput(positive, negative, video_latent.make(latent, length))
+        images = [first] + ([last] if last is not None else [])
+        frames = dict(zip(conditioning_indices(length, last is not None), images))
+        return image_conditioning(positive, negative, vae, frames, width, height, length, resize,
+                                  "Allegro TI2V Conditioning")

@@ -34,6 +34,25 @@ Single .safetensors files also work: the DiT in models/diffusion_models/, the VA
 Memory: bf16 DiT 5.5 GB; 88x720x1280 takes long (about 10-20 min per video on an H100).
 Lower width/height/length in the latent node for quick tries (multiples of 16; frames 4k or 4k+1)."""
 
+TI2V_IMAGES_NOTE = ("Images: any size; 'resize' centre-crops them to the video's aspect (the reference), or pads or "
+                    "stretches them.")
+KEYFRAMES_NOTE = ("Keyframes: image i of the batch goes to frame indices[i] ('0, 44, -1': first, middle, last; "
+                  "negative = from the end). Batch Images resizes later images to the first one's size, so use "
+                  "images of one aspect; 'resize' then crops (the reference), pads or stretches them to the video.")
+EXTEND_PROMPT = ("The camera keeps moving forward in the same scene; the motion continues smoothly and the light "
+                 "stays the same.")
+CLIP_LENGTH, OVERLAP = 92, 4
+EXTEND_NOTE = (f"\n\nLong video: clip 1 ({CLIP_LENGTH} frames) from the first frame; clip 2 ({CLIP_LENGTH} frames) "
+               f"starts with clip 1's last {OVERLAP} frames ('Allegro TI2V Continue Video') and carries on; 'Allegro "
+               f"Join Clips' cross-fades the {OVERLAP} shared frames: {2 * CLIP_LENGTH - OVERLAP} frames = 12 s at "
+               "15 fps. For more, continue from the joined frames and join again. Allegro-TI2V was trained on 88 "
+               "frames; 92 keeps two clips at exactly 12 s.")
+LOW_RES_FOLDER = "diffusers/Allegro-T2V-40x360P"
+LOW_RES_NOTE = ("\n\nThis workflow: the research model rhymes-ai/Allegro-T2V-40x360P in "
+                "ComfyUI/models/diffusers/Allegro-T2V-40x360P/, at the size it was trained at: 640x368, 40 frames "
+                "(about 2.7 s). For rhymes-ai/Allegro-T2V-40x720P (diffusers/Allegro-T2V-40x720P) set 1280x720, "
+                "40 frames. The sampler warns in the console when the size differs from the model's.")
+
 
 # ---------------------------------------------------------------------------------------------
 # The workflows
@@ -64,7 +83,7 @@ def allegro_t2v() -> list[Node]:
 
 
 def allegro_ti2v(last_frame: bool) -> list[Node]:
-    nodes = text_to_video_nodes("\n\nImages: any size; they are centre-cropped to the video's aspect and resized.")
+    nodes = text_to_video_nodes("\n\n" + TI2V_IMAGES_NOTE)
     nodes = [n for n in nodes if n.type != "AllegroVideo_EmptyLatentVideo"]
     text, model, sampler, vae = (next(n for n in nodes if n.id == i) for i in (3, 4, 6, 7))
     text.widgets["prompt"] = TI2V_PROMPT
@@ -78,6 +97,58 @@ def allegro_ti2v(last_frame: bool) -> list[Node]:
     sampler.widgets.update(seed=1427329220, cfg=8.0)
     sampler.links.update(positive=(10, 0), negative=(10, 1), latent=(10, 2))
     return nodes + [conditioning, *loads] + save_nodes(13, (8, 0), 1700, "allegro/ti2v")
+
+
+def allegro_ti2v_keyframes() -> list[Node]:
+    """Three images at frames 0, 44 and the last: Load Image x3 -> Batch Images x2 -> TI2V Keyframes."""
+    nodes = allegro_ti2v(last_frame=False)
+    nodes = [n for n in nodes if n.type not in ("AllegroVideo_TI2VConditioning", "LoadImage")]
+    note = nodes[0]
+    note.text = note.text.replace(TI2V_IMAGES_NOTE, KEYFRAMES_NOTE)
+    keyframes = Node(10, "AllegroVideo_TI2VKeyframes", (440, 460), {"indices": "0, 44, -1"},
+                     {"positive": (3, 0), "negative": (3, 1), "vae": (7, 0), "images": (17, 0)}, width=420)
+    loads = [Node(node_id, "LoadImage", (x, 1180), {"image": "example.png"}, title=title, width=300)
+             for node_id, x, title in ((11, 0, "Frame 0"), (12, 320, "Frame 44"), (15, 640, "Last frame"))]
+    batches = [Node(16, "ImageBatch", (0, 1000), links={"image1": (11, 0), "image2": (12, 0)}, width=300),
+               Node(17, "ImageBatch", (320, 1000), links={"image1": (16, 0), "image2": (15, 0)}, width=300)]
+    for node in nodes:
+        if node.type == "SaveVideo":
+            node.widgets["filename_prefix"] = "allegro/ti2v_keyframes"
+    return nodes + [keyframes, *loads, *batches]
+
+
+def allegro_ti2v_extend() -> list[Node]:
+    """Two 92-frame clips, the second continuing the last 4 frames of the first, joined with the overlap
+    blended: 92 + 92 - 4 = 180 frames = 12 s at 15 fps."""
+    nodes = [n for n in allegro_ti2v(last_frame=False) if n.type not in ("CreateVideo", "SaveVideo")]
+    note, conditioning = nodes[0], next(n for n in nodes if n.type == "AllegroVideo_TI2VConditioning")
+    note.text += EXTEND_NOTE
+    conditioning.widgets["length"] = CLIP_LENGTH
+    second = [
+        Node(20, "AllegroVideo_TextEncode", (1700, 0), {"prompt": EXTEND_PROMPT}, {"clip": (2, 0)}, width=420,
+             title="Allegro Text Encode (clip 2)"),
+        Node(21, "AllegroVideo_TI2VContinue", (1700, 460), {"overlap_frames": OVERLAP, "length": CLIP_LENGTH},
+             {"positive": (20, 0), "negative": (20, 1), "vae": (7, 0), "previous_frames": (8, 0)}, width=420),
+        Node(22, "AllegroVideo_Sampler", (2160, 0), {"seed": 2024, "cfg": 8.0},
+             {"model": (4, 0), "positive": (21, 0), "negative": (21, 1), "latent": (21, 2)},
+             title="Allegro Sampler (clip 2)"),
+        Node(23, "AllegroVideo_VAEDecode", (2160, 460), links={"samples": (22, 0), "vae": (7, 0)},
+             title="Allegro VAE Decode (clip 2)"),
+        Node(24, "AllegroVideo_JoinClips", (2560, 0), {"overlap_frames": OVERLAP, "mode": "blend"},
+             {"previous": (8, 0), "next": (23, 0)}, width=340),
+    ]
+    return nodes + second + save_nodes(25, (24, 0), 2940, "allegro/ti2v_extend")
+
+
+def allegro_t2v_40x360p() -> list[Node]:
+    """Text to video on the 40-frame 368x640 research model, at the size it was trained at."""
+    nodes = text_to_video_nodes(LOW_RES_NOTE)
+    for node in nodes:
+        if node.type in ("AllegroVideo_ModelLoader", "AllegroVideo_VAELoader"):
+            node.widgets["model_name" if node.type == "AllegroVideo_ModelLoader" else "vae_name"] = LOW_RES_FOLDER
+        elif node.type == "AllegroVideo_EmptyLatentVideo":
+            node.widgets.update(width=640, height=368, length=40)
+    return nodes + save_nodes(9, (8, 0), 1700, "allegro/t2v_40x360p")
 
 
 def allegro_t2v_core_upscale() -> list[Node]:
@@ -105,9 +176,18 @@ WORKFLOWS = {
     "allegro_t2v": allegro_t2v,
     "allegro_ti2v": lambda: allegro_ti2v(last_frame=False),
     "allegro_ti2v_first_last": lambda: allegro_ti2v(last_frame=True),
+    "allegro_ti2v_keyframes": allegro_ti2v_keyframes,
+    "allegro_ti2v_extend": allegro_ti2v_extend,
+    "allegro_t2v_40x360p": allegro_t2v_40x360p,
     "allegro_t2v_core_upscale": allegro_t2v_core_upscale,
     "allegro_t2v_rife_30fps": allegro_t2v_rife_30fps,
 }
+
+
+def check_ids(name: str, nodes: list[Node]) -> None:
+    ids = [node.id for node in nodes]
+    if len(ids) != len(set(ids)):
+        raise ValueError(f"{name}: node ids used twice: {sorted({i for i in ids if ids.count(i) > 1})}")
 
 
 def main():
@@ -115,7 +195,9 @@ def main():
     WORKFLOW_DIR.mkdir(exist_ok=True)
     for name, make in WORKFLOWS.items():
         path = WORKFLOW_DIR / f"{name}.json"
-        path.write_text(json.dumps(build(make(), definitions), indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+        nodes = make()
+        check_ids(name, nodes)
+        path.write_text(json.dumps(build(nodes, definitions), indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
         print("wrote", path.relative_to(REPO))
 
 

@@ -20,8 +20,11 @@ pytestmark = [pytest.mark.browser, pytest.mark.server, pytest.mark.slow]
 
 WORKFLOWS = {path.stem: path for path in workflow_paths()}
 # Frames, height, width of each runnable workflow's video at the tiny size (the upscale one scales by 1.5).
+# The extend workflow joins two clips overlapping by 4 frames: 24 + 24 - 4.
 EXPECTED_VIDEO = {"allegro_t2v": (24, 240, 240), "allegro_ti2v": (24, 240, 240),
-                  "allegro_ti2v_first_last": (24, 240, 240), "allegro_t2v_core_upscale": (24, 360, 360)}
+                  "allegro_ti2v_first_last": (24, 240, 240), "allegro_ti2v_keyframes": (24, 240, 240),
+                  "allegro_ti2v_extend": (44, 240, 240), "allegro_t2v_40x360p": (24, 240, 240),
+                  "allegro_t2v_core_upscale": (24, 360, 360)}
 
 
 @pytest.fixture(scope="module")
