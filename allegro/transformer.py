@@ -153,11 +153,12 @@ class TransformerBlock(nn.Module):
         shift_msa, scale_msa = self.modulations(x, modulation)[:2]
         return self.norm1(x) * (1 + scale_msa) + shift_msa
 
-    def forward(self, x, context, modulation, context_bias, rope, attention):
-        """x [B, N, dim]; modulation [B, 6*dim]; context [B, L, dim]; context_bias [B, 1, 1, L]."""
+    def forward(self, x, context, modulation, context_bias, rope, attention, self_attention=None):
+        """x [B, N, dim]; modulation [B, 6*dim]; context [B, L, dim]; context_bias [B, 1, 1, L].
+        self_attention: the callable for the self-attention only (None: `attention`)."""
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = self.modulations(x, modulation)
         normed = self.norm1(x) * (1 + scale_msa) + shift_msa
-        x = gate_msa * self.attn1(normed, normed, attention, rope=rope) + x
+        x = gate_msa * self.attn1(normed, normed, self_attention or attention, rope=rope) + x
         x = self.attn2(x, context, attention, mask=context_bias) + x
         normed = self.norm2(x) * (1 + scale_mlp) + shift_mlp
         return gate_mlp * self.ff(normed) + x
@@ -230,9 +231,11 @@ class AllegroTransformer3D(nn.Module):
             context_bias = ((1 - context_mask.to(tokens.dtype)) * -10000.0)[:, None, None, :]
         return tokens, modulation, embedded_timestep, context, context_bias
 
-    def run_blocks(self, tokens, context, modulation, context_bias, rope):
+    def run_blocks(self, tokens, context, modulation, context_bias, rope, self_attention=None):
+        """self_attention: a callable for the blocks' self-attention only (None: self.attention); a
+        sequence-parallel rank passes one that exchanges heads with the other ranks (allegro.parallel)."""
         for block in self.transformer_blocks:
-            tokens = block(tokens, context, modulation, context_bias, rope, self.attention)
+            tokens = block(tokens, context, modulation, context_bias, rope, self.attention, self_attention)
         return tokens
 
     def unpatchify(self, tokens, embedded_timestep, grid):
@@ -244,7 +247,8 @@ class AllegroTransformer3D(nn.Module):
         out = out.permute(0, 6, 1, 2, 4, 3, 5)                                     # [B, C, T, h, p, w, p]
         return out.reshape(out.shape[0], c.out_channels, frames, rows * p, cols * p)
 
-    def forward(self, x, timestep, context, context_mask=None, step_cache=None, cache_key=None, progress=0.0):
+    def forward(self, x, timestep, context, context_mask=None, step_cache=None, cache_key=None, progress=0.0,
+                blocks_runner=None):
         """
         x:            [B, C, T, H, W] scaled model input; C = 4 (T2V) or 12 (TI2V: noisy,
                       masked-video latent, folded frame mask)
@@ -253,6 +257,8 @@ class AllegroTransformer3D(nn.Module):
         context_mask: [B, L] 1 for real tokens, 0 for padding (None: all real)
         step_cache:   optional step_cache.StepCache; cache_key names the stream (e.g. the CFG
                       batch layout) and progress (0..1) the position in the sampling run
+        blocks_runner: optional callable with run_blocks' arguments that runs the blocks elsewhere
+                      (allegro.parallel: across a group of ranks); None: run_blocks here
         returns:      [B, out_channels, T, H, W] predicted noise
         """
         batch, channels, frames, height, width = x.shape
@@ -264,10 +270,11 @@ class AllegroTransformer3D(nn.Module):
             raise ValueError(f"latent height and width must be multiples of {p}, got {height}x{width}")
         grid = (frames, height // p, width // p)
         tokens, modulation, embedded_timestep, context, context_bias = self.embed(x, timestep, context, context_mask)
+        run_blocks = blocks_runner or self.run_blocks
         if step_cache is None:
-            tokens = self.run_blocks(tokens, context, modulation, context_bias, self.rope(grid, x.device))
+            tokens = run_blocks(tokens, context, modulation, context_bias, self.rope(grid, x.device))
         elif step_cache.should_run(cache_key, self.transformer_blocks[0].modulated_input(tokens, modulation), progress):
-            output = self.run_blocks(tokens, context, modulation, context_bias, self.rope(grid, x.device))
+            output = run_blocks(tokens, context, modulation, context_bias, self.rope(grid, x.device))
             step_cache.store(cache_key, output - tokens)
             tokens = output
         else:
