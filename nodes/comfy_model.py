@@ -18,6 +18,7 @@ import comfy.utils
 from ..allegro.config import LATENT_CHANNELS, LATENT_SCALE, TransformerConfig
 from ..allegro.schedule import sigma_at, timestep_at, training_sigmas
 from ..allegro.transformer import AllegroTransformer3D
+from .parallel import parallel_call_arguments
 from .step_cache import cache_call_arguments
 from .ti2v import FRAME_MASK, LATENT_SCALE_KEY, MASKED_VIDEO
 
@@ -79,7 +80,8 @@ class AllegroDiffusionModel(AllegroTransformer3D):
         self.attention = comfy_attention
 
     def forward(self, x, timestep, context=None, attention_mask=None, control=None, transformer_options={}, **kwargs):
-        return super().forward(x, timestep, context, attention_mask, **cache_call_arguments(transformer_options))
+        return super().forward(x, timestep, context, attention_mask, **cache_call_arguments(transformer_options),
+                               **parallel_call_arguments(self, transformer_options))
 
 
 class AllegroModelConfig(comfy.supported_models_base.BASE):

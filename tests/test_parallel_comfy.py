@@ -1,0 +1,129 @@
+"""Allegro Multi-GPU in ComfyUI's executor (in-process, --cpu: the ranks are CPU processes over gloo):
+the tiny T2V and TI2V graphs give the single-process latents with CFG parallel, sequence parallel and both,
+through the Allegro sampler and the stock KSampler; bad settings are refused with what to do."""
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from error_matrix_support import T2V, TI2V, empty_video, t2v, ti2v
+
+pytestmark = pytest.mark.slow
+
+TOLERANCE = 1e-5
+STEPS = 3
+
+
+def parallel_module():
+    """The package's nodes/parallel.py as ComfyUI loaded it (the custom-node package is a module of its own)."""
+    return next(module for name, module in sys.modules.items() if name.endswith(".nodes.parallel")
+                and hasattr(module, "AllegroMultiGPU"))
+
+
+@pytest.fixture(scope="module", autouse=True)
+def stop_workers_afterwards(comfy):
+    yield
+    parallel_module().shutdown()
+
+
+def with_multi_gpu(graph: dict, gpus: int, cfg_parallel: bool, devices="") -> dict:
+    """The graph with 'Allegro Multi-GPU' between the model loader and the sampler."""
+    graph = {key: {**node, "inputs": dict(node["inputs"])} for key, node in graph.items()}
+    graph["multi"] = {"class_type": "AllegroVideo_MultiGPU", "inputs": {
+        "model": ["dit", 0], "gpus": gpus, "cfg_parallel": cfg_parallel, "devices": devices}}
+    graph["sample"]["inputs"]["model"] = ["multi", 0]
+    return graph
+
+
+def stock_sampler(graph: dict) -> dict:
+    """The same graph sampled by core KSampler."""
+    inputs = graph["sample"]["inputs"]
+    graph = dict(graph)
+    graph["sample"] = {"class_type": "KSampler", "inputs": {
+        "model": inputs["model"], "positive": inputs["positive"], "negative": inputs["negative"],
+        "latent_image": inputs["latent"], "seed": 7, "steps": STEPS, "cfg": 7.5, "sampler_name": "euler",
+        "scheduler": "normal", "denoise": 1.0}}
+    return graph
+
+
+def sampled(comfy, graph) -> torch.Tensor:
+    result = comfy.run(graph, targets=["sample"])
+    assert result.status == "success", result.error
+    return result.output("sample")["samples"]
+
+
+def relative(a, b) -> float:
+    return ((a - b).norm() / b.norm()).item()
+
+
+@pytest.fixture(scope="module")
+def first_frame(base_dir) -> dict:
+    pixels = np.linspace(0, 255, 48 * 80 * 3).reshape(48, 80, 3).astype(np.uint8)
+    Image.fromarray(pixels).save(base_dir / "input" / "parallel_first.png")
+    return {"image": {"class_type": "LoadImage", "inputs": {"image": "parallel_first.png"}}}
+
+
+def t2v_graph():
+    # 16 frames of 64x48: 4 x 3 x 4 = 48 tokens per video, in a batch of 2 videos.
+    return t2v(model=T2V, latent=empty_video(width=64, height=48, length=16, batch_size=2), steps=STEPS)
+
+
+@pytest.mark.parametrize("gpus,cfg_parallel", [(2, True), (2, False)], ids=["cfg2", "seq2"])
+def test_t2v_equals_one_process(comfy, tiny_models, gpus, cfg_parallel):
+    single = sampled(comfy, t2v_graph())
+    parallel = sampled(comfy, with_multi_gpu(t2v_graph(), gpus, cfg_parallel))
+    assert relative(parallel, single) <= TOLERANCE
+    group = parallel_module()._group
+    assert group.alive() and group.layout.world == gpus
+    # ComfyUI batched both halves of CFG for both videos: 4 rows, every rank ran both blocks.
+    assert group.last_reports == [(0, 2)] * gpus
+
+
+def test_cfg_and_sequence_parallel_together_t2v_ti2v_and_ksampler(comfy, tiny_models, first_frame):
+    single = {"t2v": sampled(comfy, t2v_graph()),
+              "ti2v": sampled(comfy, ti2v(model=TI2V, image=first_frame, width=64, height=48, length=16)),
+              "ksampler": sampled(comfy, stock_sampler(t2v_graph()))}
+    parallel = {"t2v": sampled(comfy, with_multi_gpu(t2v_graph(), 4, True)),
+                "ti2v": sampled(comfy, with_multi_gpu(ti2v(model=TI2V, image=first_frame, width=64, height=48,
+                                                           length=16), 4, True)),
+                "ksampler": sampled(comfy, stock_sampler(with_multi_gpu(t2v_graph(), 4, True)))}
+    for name in single:
+        assert relative(parallel[name], single[name]) <= TOLERANCE, name
+    group = parallel_module()._group
+    assert (group.layout.cfg, group.layout.seq) == (2, 2)
+
+
+def test_the_workers_stay_up_and_keep_the_model_between_runs(comfy, tiny_models):
+    sampled(comfy, with_multi_gpu(t2v_graph(), 2, True))
+    group = parallel_module()._group
+    pids, key, calls = [w.pid for w in group.workers], group.loaded_key, group.call_id
+    # The next prompt, as a server runs it: the loader's MODEL comes from ComfyUI's cache, only the seed changed.
+    graph = with_multi_gpu(t2v_graph(), 2, True)
+    graph["sample"]["inputs"]["seed"] = 8
+    result = comfy.run(graph, targets=["sample"], fresh=False)
+    assert result.status == "success", result.error
+    assert parallel_module()._group is group and [w.pid for w in group.workers] == pids
+    assert group.loaded_key == key and group.call_id == calls + STEPS      # the weights were not sent again
+    single = t2v_graph()
+    single["sample"]["inputs"]["seed"] = 8
+    assert relative(result.output("sample")["samples"], sampled(comfy, single)) <= TOLERANCE
+
+
+def test_one_gpu_is_the_model_unchanged(comfy, tiny_models):
+    assert torch.equal(sampled(comfy, with_multi_gpu(t2v_graph(), 1, True)), sampled(comfy, t2v_graph()))
+
+
+@pytest.mark.parametrize("gpus,cfg_parallel,devices,message", [
+    (3, True, "", r"needs an even count, not 3\. Use 2 or 4 GPUs, or turn cfg_parallel off"),
+    (3, False, "", r"2 attention heads cannot be split evenly over 3 sequence-parallel ranks: use 2 ranks"),
+    (2, True, "cpu, cpu", r"'devices' lists 2 device\(s\) but 2 GPUs need 1 besides ComfyUI's cpu"),
+], ids=["odd count with cfg", "heads", "devices"])
+def test_settings_that_cannot_work_are_refused_with_what_to_do(comfy, tiny_models, gpus, cfg_parallel, devices,
+                                                               message):
+    result = comfy.run(with_multi_gpu(t2v_graph(), gpus, cfg_parallel, devices), targets=["sample"])
+    assert result.status == "error"
+    assert result.error["node_type"] == "AllegroVideo_MultiGPU"
+    import re
+    assert re.search(message, result.error["exception_message"]), result.error["exception_message"]
