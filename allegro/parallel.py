@@ -52,6 +52,14 @@ class ParallelLayout:
         return self
 
 
+def all_to_all_bytes(layout: ParallelLayout, batch: int, tokens: int, width: int, layers: int,
+                     itemsize: int = 2) -> float:
+    """Bytes one rank sends (and receives) in the all-to-alls of one DiT call, for even splits: per layer q, k,
+    v and the attention output, each [batch/cfg, tokens/seq, width] on a rank, of which (seq-1)/seq leaves it."""
+    per_tensor = batch / layout.cfg * tokens / layout.seq * width * itemsize
+    return layers * 4 * per_tensor * (layout.seq - 1) / layout.seq
+
+
 def split_range(total: int, parts: int, index: int) -> tuple[int, int]:
     """[start, stop) of part `index` when `total` items are cut into `parts` contiguous parts whose sizes
     differ by at most one (the first `total % parts` parts are the longer ones)."""

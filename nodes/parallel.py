@@ -8,6 +8,7 @@ started at the first step that needs them, kept warm with the model loaded until
 asked for or the server stops. A worker dying is an error for that run only; the next run starts anew.
 """
 import atexit
+import contextlib
 import threading
 import uuid
 
@@ -15,6 +16,7 @@ import torch
 from comfy_api.v0_0_2 import io
 
 import comfy.model_management
+import comfy.ops
 
 from ..allegro.parallel import Cancelled, ParallelLayout
 from ..allegro.parallel_pool import RankGroup
@@ -44,12 +46,13 @@ class ParallelRoute:
             with _lock:
                 group = rank_group(self.layout, worker_devices(self.devices, tokens.device, self.layout.world))
                 key = self.weights_key(tokens.dtype)
-                if key is None or key != group.loaded_key:
-                    group.load(diffusion_model.config, list(diffusion_model.state_dict().items()), key, tokens.dtype,
-                               transform=patched_weight(diffusion_model))
                 try:
-                    return group.run_blocks(diffusion_model, tokens, caption, modulation, caption_bias, rope,
-                                            should_stop=comfy.model_management.processing_interrupted)
+                    with cancel_at_block_boundaries():
+                        if key is None or key != group.loaded_key:
+                            group.load(diffusion_model.config, list(diffusion_model.state_dict().items()), key,
+                                       tokens.dtype, transform=patched_weight(diffusion_model))
+                        return group.run_blocks(diffusion_model, tokens, caption, modulation, caption_bias, rope,
+                                                should_stop=comfy.model_management.processing_interrupted)
                 except Cancelled:
                     comfy.model_management.throw_exception_if_processing_interrupted()
                     raise comfy.model_management.InterruptProcessingException()
@@ -65,6 +68,26 @@ class ParallelRoute:
         if patches is None:
             return None                       # unknown: send the weights again
         return model.allegro_parallel_id, str(patches), str(dtype)
+
+
+@contextlib.contextmanager
+def cancel_at_block_boundaries():
+    """Newer ComfyUI (0.8.0 on) checks for Cancel in every layer call (comfy.ops.run_every_op). Rank 0 leaving
+    a block half-way would leave the other ranks waiting in its collectives, so while the group runs the
+    blocks, Cancel is taken before each block, by every rank together (allegro.parallel.StopSignal)."""
+    check = getattr(comfy.ops, "run_every_op", None)
+    if check is None:
+        yield
+        return
+    comfy.ops.run_every_op = _no_check
+    try:
+        yield
+    finally:
+        comfy.ops.run_every_op = check
+
+
+def _no_check():
+    pass
 
 
 def patched_weight(diffusion_model):
@@ -127,12 +150,17 @@ def rank_group(layout: ParallelLayout, devices: list[str]) -> RankGroup:
 
 
 def shutdown():
-    """Stop the worker processes (also done at interpreter exit)."""
+    """Stop the worker processes (also done at interpreter exit, when a run may still hold the lock: then
+    they are killed rather than waited for)."""
     global _group
-    with _lock:
+    free = _lock.acquire(timeout=5)
+    try:
         if _group is not None:
-            _group.close()
+            _group.close(kill=not free)
             _group = None
+    finally:
+        if free:
+            _lock.release()
 
 
 atexit.register(shutdown)

@@ -158,6 +158,36 @@ def test_a_call_whose_batch_leaves_a_group_idle_still_equals():
     assert reports == [(0, CONFIG.num_layers), (0, 0)]
 
 
+@pytest.mark.slow
+def test_the_all_to_all_traffic_is_what_the_readme_estimate_counts(monkeypatch):
+    """The README's communication figures come from allegro.parallel.all_to_all_bytes: check it against the
+    bytes rank 0 really hands to the other ranks' all-to-alls in one call."""
+    import torch.distributed as dist
+    from allegro.parallel import all_to_all_bytes
+    model, sent = random_model(), []
+    real = dist.all_to_all_single
+
+    def counting(output, input, output_split_sizes=None, input_split_sizes=None, group=None):
+        to_others = sum(input_split_sizes) - input_split_sizes[0]          # rank 0 is first in its group
+        sent.append(to_others * input.element_size())
+        return real(output, input, output_split_sizes, input_split_sizes, group=group)
+
+    x = torch.randn(2, 4, 3, 10, 8)                 # 3 x 5 x 4 = 60 tokens: an even split over 2 ranks
+    captions, mask = conditions()
+    group = start(1, 2)
+    try:
+        runner = runner_for(group, model)
+        monkeypatch.setattr(dist, "all_to_all_single", counting)
+        with torch.inference_mode():
+            model(x, torch.tensor([500.0, 500.0]), captions, mask, blocks_runner=runner)
+        monkeypatch.setattr(dist, "all_to_all_single", real)
+    finally:
+        group.close()
+    expected = all_to_all_bytes(ParallelLayout(1, 2), batch=2, tokens=60, width=CONFIG.inner_dim,
+                                layers=CONFIG.num_layers, itemsize=4)
+    assert len(sent) == 2 * CONFIG.num_layers and sum(sent) == expected
+
+
 # ---------------------------------------------------------------------------------------------
 # Stopping, failing, ending
 

@@ -111,6 +111,40 @@ def test_the_workers_stay_up_and_keep_the_model_between_runs(comfy, tiny_models)
     assert relative(result.output("sample")["samples"], sampled(comfy, single)) <= TOLERANCE
 
 
+def test_cancel_in_the_middle_of_a_block_stops_every_rank_and_the_workers_go_on(comfy, tiny_models, monkeypatch):
+    """Cancel pressed while rank 0 is inside its first block (at the cross-attention, before the MLP, where
+    newer ComfyUI's layers would raise at once): every rank stops at the next block boundary, the prompt ends
+    as interrupted, and the same workers give the exact result next time."""
+    import comfy.model_management as model_management
+    graph = with_multi_gpu(t2v_graph(), 4, True)
+    assert comfy.run(graph, targets=["sample"]).status == "success"          # loads the model and the workers
+    group = parallel_module()._group
+    pids = [w.pid for w in group.workers]
+    diffusion_model = comfy.executor.caches.outputs.get("dit").outputs[0][0].model.diffusion_model
+    attention, calls = diffusion_model.attention, []
+
+    def cancel_during_the_first_cross_attention(q, k, v, mask=None):
+        calls.append(mask is not None)
+        if calls.count(True) == 1 and mask is not None:
+            model_management.interrupt_current_processing(True)
+        return attention(q, k, v, mask)
+
+    monkeypatch.setattr(diffusion_model, "attention", cancel_during_the_first_cross_attention)
+    graph["sample"]["inputs"]["seed"] = 9
+    result = comfy.run(graph, targets=["sample"], fresh=False)
+    assert result.status == "interrupted", result.error
+    assert group.last_reports[:2] == [(1, 1), (1, 1)]       # rank 0's group stopped together before block 1
+    # The other group read the stop from the store at its next block, or had already finished: either way together.
+    assert group.last_reports[2] == group.last_reports[3] in ((1, 0), (1, 1), (0, 2))
+    assert parallel_module()._group is group and group.alive() and [w.pid for w in group.workers] == pids
+    monkeypatch.setattr(diffusion_model, "attention", attention)
+    again = comfy.run(graph, targets=["sample"], fresh=False)
+    assert again.status == "success", again.error
+    single = t2v_graph()
+    single["sample"]["inputs"]["seed"] = 9
+    assert relative(again.output("sample")["samples"], sampled(comfy, single)) <= TOLERANCE
+
+
 def test_one_gpu_is_the_model_unchanged(comfy, tiny_models):
     assert torch.equal(sampled(comfy, with_multi_gpu(t2v_graph(), 1, True)), sampled(comfy, t2v_graph()))
 
