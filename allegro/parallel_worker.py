@@ -98,7 +98,8 @@ def main(argv=None):
                     model = receive_model(command, device)
                 elif command["op"] == "blocks":
                     call = BlockCall.from_dict(command["call"])
-                    context.stop_requested = lambda key=stop_key(call.call_id): notes.check([key])
+                    key = stop_key(call.call_id)
+                    context.stop_requested = lambda: notes.check([key])
                     run_block_call(model, context, call)
                 elif command["op"] == "exit":
                     break

@@ -134,8 +134,8 @@ def test_t2v_and_ti2v_latents_equal_the_single_process_run(cfg, seq):
         batches = {n: (sample(t2v, batch=n), sample(t2v, runner_for(group, t2v), batch=n)) for n in (3,)}
     finally:
         group.close()
-    for name in expected:
-        assert relative(actual[name], expected[name]) <= TOLERANCE, name
+    for name, single in expected.items():
+        assert relative(actual[name], single) <= TOLERANCE, name
     for n, (single, parallel) in batches.items():
         assert relative(parallel, single) <= TOLERANCE, n
 
@@ -298,7 +298,7 @@ RANK0_SCRIPT = textwrap.dedent("""
 @pytest.mark.parametrize("ending", ["normal exit", "crash"])
 def test_workers_end_with_their_rank_0_process(ending):
     result = subprocess.run([sys.executable, "-c", RANK0_SCRIPT, "crash" if ending == "crash" else "exit"],
-                            cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+                            cwd=REPO_ROOT, capture_output=True, text=True, timeout=120, check=False)
     assert result.returncode == 0, result.stderr[-3000:]
     pids = [int(p) for p in result.stdout.split()]
     deadline = time.monotonic() + 20

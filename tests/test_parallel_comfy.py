@@ -1,6 +1,7 @@
 """Allegro Multi-GPU in ComfyUI's executor (in-process, --cpu: the ranks are CPU processes over gloo):
 the tiny T2V and TI2V graphs give the single-process latents with CFG parallel, sequence parallel and both,
 through the Allegro sampler and the stock KSampler; bad settings are refused with what to do."""
+import re
 import sys
 
 import numpy as np
@@ -89,8 +90,8 @@ def test_cfg_and_sequence_parallel_together_t2v_ti2v_and_ksampler(comfy, tiny_mo
                 "ti2v": sampled(comfy, with_multi_gpu(ti2v(model=TI2V, image=first_frame, width=64, height=48,
                                                            length=16), 4, True)),
                 "ksampler": sampled(comfy, stock_sampler(with_multi_gpu(t2v_graph(), 4, True)))}
-    for name in single:
-        assert relative(parallel[name], single[name]) <= TOLERANCE, name
+    for name, expected in single.items():
+        assert relative(parallel[name], expected) <= TOLERANCE, name
     group = parallel_module()._group
     assert (group.layout.cfg, group.layout.seq) == (2, 2)
 
@@ -115,7 +116,7 @@ def test_cancel_in_the_middle_of_a_block_stops_every_rank_and_the_workers_go_on(
     """Cancel pressed while rank 0 is inside its first block (at the cross-attention, before the MLP, where
     newer ComfyUI's layers would raise at once): every rank stops at the next block boundary, the prompt ends
     as interrupted, and the same workers give the exact result next time."""
-    import comfy.model_management as model_management
+    from comfy import model_management
     graph = with_multi_gpu(t2v_graph(), 4, True)
     assert comfy.run(graph, targets=["sample"]).status == "success"          # loads the model and the workers
     group = parallel_module()._group
@@ -145,6 +146,45 @@ def test_cancel_in_the_middle_of_a_block_stops_every_rank_and_the_workers_go_on(
     assert relative(again.output("sample")["samples"], sampled(comfy, single)) <= TOLERANCE
 
 
+@pytest.fixture(scope="module")
+def lora(base_dir) -> str:
+    """A LoRA in ComfyUI's generic key format over a few of the tiny DiT's layers, strong enough to matter."""
+    from safetensors.torch import save_file
+    generator = torch.Generator().manual_seed(11)
+    tensors = {}
+    for layer, (rows, cols) in {"transformer_blocks.0.attn1.to_q": (48, 48), "transformer_blocks.1.ff.net.2": (48, 192),
+                                "transformer_blocks.1.attn2.to_v": (48, 48)}.items():
+        tensors[f"diffusion_model.{layer}.lora_up.weight"] = torch.randn(rows, 4, generator=generator)
+        tensors[f"diffusion_model.{layer}.lora_down.weight"] = torch.randn(4, cols, generator=generator) * 0.3
+        tensors[f"diffusion_model.{layer}.alpha"] = torch.tensor(4.0)
+    (base_dir / "models" / "loras").mkdir(parents=True, exist_ok=True)
+    save_file(tensors, base_dir / "models" / "loras" / "parallel_test_lora.safetensors")
+    return "parallel_test_lora.safetensors"
+
+
+def test_the_workers_compute_with_the_patched_weights_rank_0_uses(comfy, tiny_models, lora):
+    """A LoRA applied before the node reaches every rank; the same model without it makes them reload."""
+    def with_lora(graph):
+        graph["lora"] = {"class_type": "LoraLoaderModelOnly",
+                         "inputs": {"model": ["dit", 0], "lora_name": lora, "strength_model": 1.0}}
+        for node in graph.values():
+            if node["inputs"].get("model") == ["dit", 0] and node is not graph["lora"]:
+                node["inputs"]["model"] = ["lora", 0]
+        return graph
+
+    plain = sampled(comfy, t2v_graph())
+    patched = sampled(comfy, with_lora(t2v_graph()))
+    assert relative(patched, plain) > 1e-3                  # the LoRA changes the video
+    assert relative(sampled(comfy, with_lora(with_multi_gpu(t2v_graph(), 2, False))), patched) <= TOLERANCE
+    group = parallel_module()._group
+    patched_key = group.loaded_key
+    # The same loaded model without the LoRA (the loader's output stays cached): the workers reload.
+    result = comfy.run(with_multi_gpu(t2v_graph(), 2, False), targets=["sample"], fresh=False)
+    assert result.status == "success", result.error
+    assert group.loaded_key != patched_key and group.loaded_key[0] == patched_key[0]
+    assert relative(result.output("sample")["samples"], plain) <= TOLERANCE
+
+
 def test_one_gpu_is_the_model_unchanged(comfy, tiny_models):
     assert torch.equal(sampled(comfy, with_multi_gpu(t2v_graph(), 1, True)), sampled(comfy, t2v_graph()))
 
@@ -159,5 +199,4 @@ def test_settings_that_cannot_work_are_refused_with_what_to_do(comfy, tiny_model
     result = comfy.run(with_multi_gpu(t2v_graph(), gpus, cfg_parallel, devices), targets=["sample"])
     assert result.status == "error"
     assert result.error["node_type"] == "AllegroVideo_MultiGPU"
-    import re
     assert re.search(message, result.error["exception_message"]), result.error["exception_message"]
