@@ -185,6 +185,27 @@ def test_the_workers_compute_with_the_patched_weights_rank_0_uses(comfy, tiny_mo
     assert relative(result.output("sample")["samples"], plain) <= TOLERANCE
 
 
+def test_the_step_cache_skips_steps_on_rank_0_without_the_workers(comfy, tiny_models):
+    def cached(graph):
+        graph["cache"] = {"class_type": "AllegroVideo_StepCache",
+                          "inputs": {"model": list(graph["sample"]["inputs"]["model"]), "threshold": 0.5,
+                                     "start": 0.1, "end": 0.9}}
+        graph["sample"]["inputs"]["model"] = ["cache", 0]
+        graph["sample"]["inputs"]["steps"] = 10
+        return graph
+
+    alone = sampled(comfy, cached(t2v_graph()))
+    sampled(comfy, with_multi_gpu(t2v_graph(), 2, True))            # the workers for this layout are up
+    group = parallel_module()._group
+    calls_before = group.call_id
+    result = comfy.run(cached(with_multi_gpu(t2v_graph(), 2, True)), targets=["sample", "cache"])
+    assert result.status == "success", result.error
+    assert relative(result.output("sample")["samples"], alone) <= TOLERANCE
+    counters = result.output("cache").model_options["transformer_options"]["allegro_step_cache"]
+    assert parallel_module()._group is group and counters.skipped > 0
+    assert group.call_id - calls_before == counters.computed        # a skipped step never reached the workers
+
+
 def test_one_gpu_is_the_model_unchanged(comfy, tiny_models):
     assert torch.equal(sampled(comfy, with_multi_gpu(t2v_graph(), 1, True)), sampled(comfy, t2v_graph()))
 
