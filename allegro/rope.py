@@ -30,7 +30,7 @@ class RotaryEmbedding3D:
         if head_dim % 6:
             raise ValueError(f"attention_head_dim must be divisible by 6 for 3-D RoPE, got {head_dim}")
         axis_dim = head_dim // 3
-        frames, rows, cols = grid
+        frames, rows, cols = self.grid = tuple(grid)
         tables, by_length = [], {}
         for length, scale in zip(grid, scales):
             if not share_equal_lengths or length not in by_length:

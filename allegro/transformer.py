@@ -15,6 +15,7 @@ attention layers call; a host may swap it), `options` (any object a host passes 
 handed on to the attention callable and to the block hook untouched), and `block_hook` (called in
 place of each transformer block, so a host can replace, skip or observe blocks).
 """
+import functools
 import math
 
 import torch
@@ -160,11 +161,12 @@ class TransformerBlock(nn.Module):
         shift_msa, scale_msa = self.modulations(x, modulation)[:2]
         return self.norm1(x) * (1 + scale_msa) + shift_msa
 
-    def forward(self, x, context, modulation, context_bias, rope, attention, options=None):
-        """x [B, N, dim]; modulation [B, 6*dim]; context [B, L, dim]; context_bias [B, 1, 1, L]."""
+    def forward(self, x, context, modulation, context_bias, rope, attention, options=None, self_attention=None):
+        """x [B, N, dim]; modulation [B, 6*dim]; context [B, L, dim]; context_bias [B, 1, 1, L].
+        self_attention: the callable for the self-attention only (None: `attention`)."""
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = self.modulations(x, modulation)
         normed = self.norm1(x) * (1 + scale_msa) + shift_msa
-        x = gate_msa * self.attn1(normed, normed, attention, rope=rope, options=options) + x
+        x = gate_msa * self.attn1(normed, normed, self_attention or attention, rope=rope, options=options) + x
         x = self.attn2(x, context, attention, mask=context_bias, options=options) + x
         normed = self.norm2(x) * (1 + scale_mlp) + shift_mlp
         return gate_mlp * self.ff(normed) + x
@@ -237,18 +239,21 @@ class AllegroTransformer3D(nn.Module):
             context_bias = ((1 - context_mask.to(tokens.dtype)) * -10000.0)[:, None, None, :]
         return tokens, modulation, embedded_timestep, context, context_bias
 
-    def run_blocks(self, tokens, context, modulation, context_bias, rope, options=None, block_hook=None):
+    def run_blocks(self, tokens, context, modulation, context_bias, rope, options=None, block_hook=None,
+                   self_attention=None):
         """Every transformer block in turn. With a `block_hook`, block i runs as
         block_hook(i, run, tokens, context, modulation, rope) where run(tokens, context, modulation, rope)
         runs the block itself (the caption mask, attention and options are bound): the hook returns the
-        block's output tokens, by calling `run` or in its place."""
+        block's output tokens, by calling `run` or in its place. self_attention: a callable for the
+        blocks' self-attention only (None: self.attention); a sequence-parallel rank passes one that
+        exchanges heads with the other ranks (allegro.parallel)."""
         for index, block in enumerate(self.transformer_blocks):
             if block_hook is None:
-                tokens = block(tokens, context, modulation, context_bias, rope, self.attention, options)
+                tokens = block(tokens, context, modulation, context_bias, rope, self.attention, options, self_attention)
                 continue
 
             def run(tokens, context, modulation, rope, block=block):
-                return block(tokens, context, modulation, context_bias, rope, self.attention, options)
+                return block(tokens, context, modulation, context_bias, rope, self.attention, options, self_attention)
             tokens = block_hook(index, run, tokens, context, modulation, rope)
         return tokens
 
@@ -262,7 +267,7 @@ class AllegroTransformer3D(nn.Module):
         return out.reshape(out.shape[0], c.out_channels, frames, rows * p, cols * p)
 
     def forward(self, x, timestep, context, context_mask=None, step_cache=None, cache_key=None, progress=0.0,
-                options=None, block_hook=None):
+                options=None, block_hook=None, blocks_runner=None):
         """
         x:            [B, C, T, H, W] scaled model input; C = 4 (T2V) or 12 (TI2V: noisy,
                       masked-video latent, folded frame mask)
@@ -273,6 +278,9 @@ class AllegroTransformer3D(nn.Module):
                       batch layout) and progress (0..1) the position in the sampling run
         options:      optional host object handed to the attention callable (see Attention)
         block_hook:   optional callable run in place of each block (see run_blocks)
+        blocks_runner: optional callable with run_blocks' first five arguments that runs the blocks
+                      elsewhere (allegro.parallel: across a group of ranks; options and block_hook are
+                      not taken there); None: run_blocks here
         returns:      [B, out_channels, T, H, W] predicted noise
         """
         batch, channels, frames, height, width = x.shape
@@ -285,10 +293,14 @@ class AllegroTransformer3D(nn.Module):
         grid = (frames, height // p, width // p)
         tokens, modulation, embedded_timestep, context, context_bias = self.embed(x, timestep, context, context_mask)
         rope = self.rope(grid, x.device)
+        if blocks_runner is not None and block_hook is not None:
+            raise ValueError("Block patches (a node that replaces or skips DiT blocks) cannot run on a multi-GPU "
+                             "rank group: remove that node or the 'Allegro Multi-GPU' node.")
+        run_blocks = blocks_runner or functools.partial(self.run_blocks, options=options, block_hook=block_hook)
         if step_cache is None:
-            tokens = self.run_blocks(tokens, context, modulation, context_bias, rope, options, block_hook)
+            tokens = run_blocks(tokens, context, modulation, context_bias, rope)
         elif step_cache.should_run(cache_key, self.transformer_blocks[0].modulated_input(tokens, modulation), progress):
-            output = self.run_blocks(tokens, context, modulation, context_bias, rope, options, block_hook)
+            output = run_blocks(tokens, context, modulation, context_bias, rope)
             step_cache.store(cache_key, output - tokens)
             tokens = output
         else:

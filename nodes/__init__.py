@@ -10,6 +10,7 @@ from .latent import AllegroEmptyLatentVideo
 from .loaders import AllegroModelLoader, AllegroT5Loader, AllegroVAELoader
 from .lora import AllegroLoraLoader
 from .previews import keep_runtime_preview_setting
+from .parallel import AllegroMultiGPU
 from .sampler import AllegroSampler
 from .step_cache import AllegroStepCache
 from .text_encode import AllegroTextEncode
@@ -22,7 +23,7 @@ NODES: list[type[io.ComfyNode]] = [
     AllegroModelLoader, AllegroVAELoader, AllegroT5Loader, AllegroTextEncode, AllegroEmptyLatentVideo,
     AllegroSampler, AllegroVAEDecode, AllegroVAEEncode, AllegroTI2VConditioning, AllegroStepCache,
     AllegroLoraLoader,
-    AllegroTI2VKeyframes, AllegroTI2VContinue, AllegroJoinClips,
+    AllegroTI2VKeyframes, AllegroTI2VContinue, AllegroJoinClips, AllegroMultiGPU,
 ]
 # The ids this package used before the prefix (version 0.1): ComfyUI versions with node replacement
 # open workflows saved with them as the new nodes (same inputs, same order).

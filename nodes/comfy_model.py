@@ -26,6 +26,7 @@ from ..allegro.config import (LATENT_CHANNELS, LATENT_SCALE, SPATIAL_FACTOR, TEM
 from ..allegro.schedule import sigma_at, timestep_at, training_sigmas
 from ..allegro.transformer import AllegroTransformer3D
 from . import comfy_compat, model_size
+from .parallel import parallel_call_arguments
 from .step_cache import cache_call_arguments
 from .ti2v import FRAME_MASK, LATENT_SCALE_KEY, MASKED_VIDEO
 
@@ -126,7 +127,8 @@ class AllegroDiffusionModel(AllegroTransformer3D):
         transformer_options["total_blocks"] = len(self.transformer_blocks)
         transformer_options["block_type"] = "double"
         return super().forward(x, timestep, context, attention_mask, options=transformer_options,
-                               block_hook=block_patches(transformer_options), **cache_call_arguments(transformer_options))
+                               block_hook=block_patches(transformer_options), **cache_call_arguments(transformer_options),
+                               **parallel_call_arguments(self, transformer_options))
 
 
 class AllegroModelConfig(comfy.supported_models_base.BASE):

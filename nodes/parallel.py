@@ -1,0 +1,220 @@
+"""Allegro Multi-GPU: one video sampled on several GPUs at once (CFG parallel and Ulysses sequence
+parallel, allegro/parallel.py), for the Allegro sampler and the stock samplers alike.
+
+The node only marks a clone of the MODEL: its transformer_options carry a ParallelRoute, and the DiT's
+forward (comfy_model.AllegroDiffusionModel) hands its blocks to the route. ComfyUI's process is rank 0
+on ComfyUI's own device; the package owns one worker process per other device (allegro/parallel_pool.py),
+started at the first step that needs them, kept warm with the model loaded until another layout is
+asked for or the server stops. A worker dying is an error for that run only; the next run starts anew.
+"""
+import atexit
+import contextlib
+import threading
+import uuid
+
+import torch
+from comfy_api.v0_0_2 import io
+
+import comfy.model_management
+import comfy.ops
+
+from ..allegro.parallel import Cancelled, ParallelLayout
+from ..allegro.parallel_pool import RankGroup
+
+CATEGORY = "Allegro/sampling"
+OPTION = "allegro_parallel"
+MAX_GPUS = 16
+
+_lock = threading.Lock()
+_group: RankGroup | None = None           # the process's one rank group (torch.distributed allows one)
+
+
+class ParallelRoute:
+    """What a multi-GPU MODEL carries in transformer_options: the rank layout, the workers' devices (as the
+    user wrote them), and the ComfyUI model whose weights the workers mirror."""
+
+    def __init__(self, layout: ParallelLayout, devices: str, base_model):
+        self.layout, self.devices = layout, devices
+        self.base_model = base_model
+
+    def __deepcopy__(self, memo):           # ComfyUI 0.3.75 / 0.8.0 deep-copy model_options on every clone
+        return self
+
+    def blocks_runner(self, diffusion_model):
+        """A run_blocks stand-in for AllegroTransformer3D.forward that runs the blocks on the rank group."""
+        def run(tokens, caption, modulation, caption_bias, rope):
+            with _lock:
+                group = rank_group(self.layout, worker_devices(self.devices, tokens.device, self.layout.world))
+                key = self.weights_key(tokens.dtype)
+                try:
+                    with cancel_at_block_boundaries():
+                        if key is None or key != group.loaded_key:
+                            group.load(diffusion_model.config, list(diffusion_model.state_dict().items()), key,
+                                       tokens.dtype, transform=patched_weight(diffusion_model))
+                        return group.run_blocks(diffusion_model, tokens, caption, modulation, caption_bias, rope,
+                                                should_stop=comfy.model_management.processing_interrupted)
+                except Cancelled:
+                    comfy.model_management.throw_exception_if_processing_interrupted()
+                    raise comfy.model_management.InterruptProcessingException()
+        return run
+
+    def weights_key(self, dtype):
+        """Names the weights rank 0 computes with now: ComfyUI records on the model which patch set (LoRA…)
+        its weights carry; a new one, another model or another dtype makes the workers reload."""
+        model = self.base_model
+        if not hasattr(model, "allegro_parallel_id"):
+            model.allegro_parallel_id = uuid.uuid4().hex
+        patches = getattr(model, "current_weight_patches_uuid", None)
+        if patches is None:
+            return None                       # unknown: send the weights again
+        return model.allegro_parallel_id, str(patches), str(dtype)
+
+
+@contextlib.contextmanager
+def cancel_at_block_boundaries():
+    """Newer ComfyUI (0.8.0 on) checks for Cancel in every layer call (comfy.ops.run_every_op). Rank 0 leaving
+    a block half-way would leave the other ranks waiting in its collectives, so while the group runs the
+    blocks, Cancel is taken before each block, by every rank together (allegro.parallel.StopSignal)."""
+    check = getattr(comfy.ops, "run_every_op", None)
+    if check is None:
+        yield
+        return
+    comfy.ops.run_every_op = _no_check
+    try:
+        yield
+    finally:
+        comfy.ops.run_every_op = check
+
+
+def _no_check():
+    pass
+
+
+def patched_weight(diffusion_model):
+    """ComfyUI applies LoRA and similar patches of weights it leaves offloaded (low VRAM) at compute time,
+    through the layer's weight_function / bias_function: apply them to what the workers get."""
+    modules = dict(diffusion_model.named_modules())
+
+    def transform(name, tensor):
+        module_name, _, kind = name.rpartition(".")
+        for function in getattr(modules.get(module_name), f"{kind}_function", None) or []:
+            tensor = function(tensor)
+        return tensor
+    return transform
+
+
+def parallel_call_arguments(diffusion_model, transformer_options: dict) -> dict:
+    """What the DiT's forward needs from ComfyUI's transformer_options to run its blocks on the rank group."""
+    route = transformer_options.get(OPTION)
+    return {} if route is None else {"blocks_runner": route.blocks_runner(diffusion_model)}
+
+
+def worker_devices(spec: str, rank0: torch.device, world: int) -> list[str]:
+    """Every rank's device, rank 0's (ComfyUI's) first. `spec`: the other ranks' devices, comma-separated, or
+    empty for the next GPUs after ComfyUI's (CPU processes when ComfyUI runs on the CPU)."""
+    wanted = world - 1
+    if spec.strip():
+        others = [str(torch.device(part.strip())) for part in spec.split(",") if part.strip()]
+        if len(others) != wanted:
+            raise ValueError(f"Allegro Multi-GPU: 'devices' lists {len(others)} device(s) but {world} GPUs need "
+                             f"{wanted} besides ComfyUI's {rank0}; list exactly {wanted} (e.g. "
+                             f"{', '.join(f'cuda:{i + 1}' for i in range(wanted))}) or leave it empty.")
+        cuda = [d for d in others if d.startswith("cuda")]
+        if str(rank0) in cuda or len(set(cuda)) != len(cuda):
+            raise ValueError(f"Allegro Multi-GPU: every rank needs its own GPU; 'devices' ({spec}) repeats one or "
+                             f"names ComfyUI's own {rank0}.")
+    elif rank0.type == "cpu":
+        others = ["cpu"] * wanted
+    elif rank0.type == "cuda":
+        others = [f"cuda:{i}" for i in range(torch.cuda.device_count()) if i != rank0.index][:wanted]
+        if len(others) < wanted:
+            raise ValueError(f"Allegro Multi-GPU: {world} GPUs asked for, but this machine shows "
+                             f"{torch.cuda.device_count()} CUDA device(s). Lower 'gpus'.")
+    else:
+        raise ValueError(f"Allegro Multi-GPU runs on CUDA GPUs (NCCL) or CPU processes (gloo), not on {rank0.type}.")
+    return [str(rank0)] + others
+
+
+def rank_group(layout: ParallelLayout, devices: list[str]) -> RankGroup:
+    """The process's rank group for this layout and these devices: kept while they stay the same and its
+    workers live; otherwise the old one is shut down and a new one started."""
+    global _group
+    if _group is not None and (_group.layout != layout or _group.devices != devices or not _group.alive()):
+        _group.close(kill=not _group.alive())
+        _group = None
+    if _group is None:
+        group = RankGroup(layout, devices)
+        group.start()
+        _group = group
+    return _group
+
+
+def shutdown():
+    """Stop the worker processes (also done at interpreter exit, when a run may still hold the lock: then
+    they are killed rather than waited for)."""
+    global _group
+    free = _lock.acquire(timeout=5)
+    try:
+        if _group is not None:
+            _group.close(kill=not free)
+            _group = None
+    finally:
+        if free:
+            _lock.release()
+
+
+atexit.register(shutdown)
+
+
+def layout_for(gpus: int, cfg_parallel: bool, heads: int) -> ParallelLayout:
+    if cfg_parallel and gpus % 2:
+        raise ValueError(f"Allegro Multi-GPU: CFG parallel puts the conditional and unconditional halves on two equal "
+                         f"groups of GPUs, so it needs an even count, not {gpus}. Use {gpus - 1 or 2} or {gpus + 1} "
+                         "GPUs, or turn cfg_parallel off (sequence parallel only).")
+    cfg = 2 if cfg_parallel else 1
+    return ParallelLayout(cfg, gpus // cfg).check(heads)
+
+
+class AllegroMultiGPU(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="AllegroVideo_MultiGPU",
+            display_name="Allegro Multi-GPU",
+            category=CATEGORY,
+            description="Samples one video on several GPUs at once: the conditional and unconditional halves of CFG on "
+                        "two groups of GPUs, and inside a group the video's tokens split across GPUs (Ulysses sequence "
+                        "parallel). Same result as one GPU. ComfyUI's GPU is the first; the package starts one worker "
+                        "process per other GPU on first use and keeps it (and the model) until the server stops.",
+            inputs=[
+                io.Model.Input("model", tooltip="The Allegro model (T2V or TI2V) from 'Load Allegro Model'."),
+                io.Int.Input("gpus", default=2, min=1, max=MAX_GPUS,
+                             tooltip="GPUs that work on each step, ComfyUI's own included. 1 = off. The released "
+                                     "model's 24 heads split over 2, 3, 4, 6 or 8 GPUs per group. On a --cpu "
+                                     "ComfyUI these are CPU processes."),
+                io.Boolean.Input("cfg_parallel", default=True,
+                                 tooltip="Put the conditional and unconditional halves of each step on two groups of "
+                                         "gpus/2 (needs an even count). Off: all GPUs split the tokens of both."),
+                io.String.Input("devices", default="",
+                                tooltip="The other GPUs, comma-separated (e.g. cuda:1,cuda:2,cuda:3). Empty: the "
+                                        "next ones after ComfyUI's."),
+            ],
+            outputs=[io.Model.Output(display_name="model", tooltip="The model, sampled on the GPU group; connect it "
+                                                                   "to the sampler (Allegro or KSampler).")],
+        )
+
+    @classmethod
+    def execute(cls, model, gpus, cfg_parallel, devices) -> io.NodeOutput:
+        diffusion_model = getattr(model.model, "diffusion_model", None)
+        config = getattr(diffusion_model, "config", None)
+        if not hasattr(config, "num_attention_heads") or not hasattr(diffusion_model, "run_blocks"):
+            raise ValueError("Allegro Multi-GPU takes an Allegro MODEL: connect 'Load Allegro Model' to it.")
+        patched = model.clone()
+        options = dict(patched.model_options.get("transformer_options", {}))
+        options.pop(OPTION, None)
+        if gpus > 1:
+            layout = layout_for(gpus, cfg_parallel, config.num_attention_heads)
+            worker_devices(devices, torch.device(model.load_device), layout.world)     # refuse bad devices now
+            options[OPTION] = ParallelRoute(layout, devices, model.model)
+        patched.model_options["transformer_options"] = options
+        return io.NodeOutput(patched)
