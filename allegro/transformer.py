@@ -293,9 +293,6 @@ class AllegroTransformer3D(nn.Module):
         grid = (frames, height // p, width // p)
         tokens, modulation, embedded_timestep, context, context_bias = self.embed(x, timestep, context, context_mask)
         rope = self.rope(grid, x.device)
-        if blocks_runner is not None and block_hook is not None:
-            raise ValueError("Block patches (a node that replaces or skips DiT blocks) cannot run on a multi-GPU "
-                             "rank group: remove that node or the 'Allegro Multi-GPU' node.")
         run_blocks = blocks_runner or functools.partial(self.run_blocks, options=options, block_hook=block_hook)
         if step_cache is None:
             tokens = run_blocks(tokens, context, modulation, context_bias, rope)

@@ -126,9 +126,13 @@ class AllegroDiffusionModel(AllegroTransformer3D):
     def _forward(self, x, timestep, context, attention_mask, transformer_options, control=None, **kwargs):
         transformer_options["total_blocks"] = len(self.transformer_blocks)
         transformer_options["block_type"] = "double"
+        parallel = parallel_call_arguments(self, transformer_options)
+        if parallel and transformer_options.get("patches_replace", {}).get("dit"):
+            raise ValueError("A node that replaces or skips DiT blocks (e.g. Skip Layer Guidance) cannot run on the "
+                             "'Allegro Multi-GPU' rank group: remove that node or the Multi-GPU node.")
         return super().forward(x, timestep, context, attention_mask, options=transformer_options,
-                               block_hook=block_patches(transformer_options), **cache_call_arguments(transformer_options),
-                               **parallel_call_arguments(self, transformer_options))
+                               block_hook=None if parallel else block_patches(transformer_options),
+                               **cache_call_arguments(transformer_options), **parallel)
 
 
 class AllegroModelConfig(comfy.supported_models_base.BASE):

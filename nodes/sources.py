@@ -20,7 +20,7 @@ from ..allegro.config import COMPONENT_CLASSES
 
 DIFFUSERS_PREFIX = "diffusers/"
 # ComfyUI's model folders a loader may read from (links between them are fine).
-MODEL_FOLDER_KINDS = ("diffusion_models", "vae", "text_encoders", "diffusers", "checkpoints")
+MODEL_FOLDER_KINDS = ("diffusion_models", "vae", "text_encoders", "diffusers", "checkpoints", "loras")
 
 
 def _class_name(config_path: Path) -> str | None:

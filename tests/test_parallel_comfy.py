@@ -221,3 +221,14 @@ def test_settings_that_cannot_work_are_refused_with_what_to_do(comfy, tiny_model
     assert result.status == "error"
     assert result.error["node_type"] == "AllegroVideo_MultiGPU"
     assert re.search(message, result.error["exception_message"]), result.error["exception_message"]
+
+
+def test_block_patches_are_refused_on_the_rank_group(comfy, tiny_models):
+    graph = with_multi_gpu(t2v_graph(), 2, False)
+    graph["slg"] = {"class_type": "SkipLayerGuidanceDiT", "inputs": {
+        "model": ["multi", 0], "double_layers": "1", "single_layers": "", "scale": 3.0, "start_percent": 0.0,
+        "end_percent": 1.0, "rescaling_scale": 0.0}}
+    graph["sample"]["inputs"]["model"] = ["slg", 0]
+    result = comfy.run(graph, targets=["sample"])
+    assert result.status == "error"
+    assert "cannot run on the 'Allegro Multi-GPU' rank group" in str(result.error)
