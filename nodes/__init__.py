@@ -5,6 +5,7 @@ registers LoadAllegroModel, AllegroSampler, …; ComfyUI lets the pack loaded la
 id). Ids and input names are part of saved workflows: never rename them."""
 from comfy_api.v0_0_2 import ComfyExtension, io
 
+from .block_swap import AllegroBlockSwap
 from .latent import AllegroEmptyLatentVideo
 from .loaders import AllegroModelLoader, AllegroT5Loader, AllegroVAELoader
 from .sampler import AllegroSampler
@@ -16,7 +17,7 @@ from .vae_nodes import AllegroVAEDecode, AllegroVAEEncode
 NODE_ID_PREFIX = "AllegroVideo_"
 NODES: list[type[io.ComfyNode]] = [
     AllegroModelLoader, AllegroVAELoader, AllegroT5Loader, AllegroTextEncode, AllegroEmptyLatentVideo,
-    AllegroSampler, AllegroVAEDecode, AllegroVAEEncode, AllegroTI2VConditioning, AllegroStepCache,
+    AllegroSampler, AllegroVAEDecode, AllegroVAEEncode, AllegroTI2VConditioning, AllegroStepCache, AllegroBlockSwap,
 ]
 # The ids this package used before the prefix (version 0.1): ComfyUI versions with node replacement
 # open workflows saved with them as the new nodes (same inputs, same order).

@@ -16,8 +16,10 @@ import comfy.supported_models_base
 import comfy.utils
 
 from ..allegro.config import LATENT_CHANNELS, LATENT_SCALE, TransformerConfig
+from ..allegro.quantization import QuantizedWeight
 from ..allegro.schedule import sigma_at, timestep_at, training_sigmas
 from ..allegro.transformer import AllegroTransformer3D
+from . import quantized_ops
 from .step_cache import cache_call_arguments
 from .ti2v import FRAME_MASK, LATENT_SCALE_KEY, MASKED_VIDEO
 
@@ -140,12 +142,20 @@ class AllegroBaseModel(comfy.model_base.BaseModel):
 
 
 def build_model(config: TransformerConfig, state_dict: dict, weight_dtype=None,
-                latent_scale: float = LATENT_SCALE) -> comfy.model_patcher.ModelPatcher:
-    """A ModelPatcher over the DiT described by `config`, sampling latents scaled by `latent_scale`."""
+                latent_scale: float = LATENT_SCALE, fp8_matmul: bool = False) -> comfy.model_patcher.ModelPatcher:
+    """A ModelPatcher over the DiT described by `config`, sampling latents scaled by `latent_scale`.
+    Quantised weights (GGUF, scaled fp8) stay quantised (quantized_ops); `fp8_matmul` asks for fp8
+    matrix multiplication where ComfyUI says the device supports it, as core's `fp8_e4m3fn_fast`."""
     load_device = comfy.model_management.get_torch_device()
     offload_device = comfy.model_management.unet_offload_device()
     model_config = AllegroModelConfig({"image_model": "allegro", "allegro": config})
     model_config.latent_format = AllegroLatentFormat(latent_scale)
+    quantized = any(isinstance(value, QuantizedWeight) for value in state_dict.values())
+    if quantized:
+        model_config.custom_operations = quantized_ops.operations(
+            fp8_matmul and comfy.model_management.supports_fp8_compute(load_device))
+    elif fp8_matmul:
+        model_config.optimizations["fp8"] = True        # core's pick_operations: fp8 ops where supported
     parameters = comfy.utils.calculate_parameters(state_dict)
     if weight_dtype is None:
         weight_dtype = comfy.model_management.unet_dtype(model_params=parameters,
@@ -160,4 +170,5 @@ def build_model(config: TransformerConfig, state_dict: dict, weight_dtype=None,
     logging.info("Allegro %s DiT: %.2fB parameters, weights %s, compute %s, latent scale %g",
                  "TI2V" if model.is_ti2v else "T2V", parameters / 1e9, weight_dtype, manual_cast_dtype or weight_dtype,
                  latent_scale)
-    return comfy.model_patcher.ModelPatcher(model, load_device=load_device, offload_device=offload_device)
+    patcher_class = quantized_ops.QuantizedModelPatcher if quantized else comfy.model_patcher.ModelPatcher
+    return patcher_class(model, load_device=load_device, offload_device=offload_device)

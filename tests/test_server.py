@@ -9,7 +9,7 @@ from allegro_devtools.workflow_check import package_types
 PACKAGE_NODES = {"AllegroVideo_ModelLoader", "AllegroVideo_VAELoader", "AllegroVideo_T5Loader",
                  "AllegroVideo_TextEncode", "AllegroVideo_EmptyLatentVideo", "AllegroVideo_Sampler",
                  "AllegroVideo_VAEDecode", "AllegroVideo_VAEEncode", "AllegroVideo_TI2VConditioning",
-                 "AllegroVideo_StepCache"}
+                 "AllegroVideo_StepCache", "AllegroVideo_BlockSwap"}
 # The node ids of the other Allegro pack (bombax-xiaoice/ComfyUI-Allegro): ComfyUI lets the pack loaded
 # last silently replace an id, so ours must never be one of these.
 OTHER_PACK_NODE_IDS = {"LoadAllegroModel", "AllegroSampler", "AllegroDecoder", "AllegroEncoder", "AllegroTextEncoder",
