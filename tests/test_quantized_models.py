@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from allegro.quantization import FP8_SCALED
+from allegro_devtools.graphs import run_t2v, t2v_graph
 
 pytestmark = pytest.mark.slow
 
@@ -84,45 +85,10 @@ def test_ti2v_converts_with_its_branches(comfy, quantized_models):
         assert relative(predict(model), exact) <= tolerance
 
 
-def t2v_graph(model_name, block_swap=None, lora=None):
-    nodes = {
-        "t5": {"class_type": "AllegroVideo_T5Loader", "inputs": {"text_encoder": "diffusers/Allegro-tiny", "dtype": "fp32"}},
-        "dit": {"class_type": "AllegroVideo_ModelLoader", "inputs": {"model_name": model_name, "weight_dtype": "fp32"}},
-        "text": {"class_type": "AllegroVideo_TextEncode", "inputs": {
-            "clip": ["t5", 0], "prompt": "a paper boat on a pond", "negative_prompt": "blurry",
-            "use_template": False, "clean_caption": False}},
-        "latent": {"class_type": "AllegroVideo_EmptyLatentVideo",
-                   "inputs": {"width": 64, "height": 64, "length": 8, "batch_size": 1}},
-        "sample": {"class_type": "AllegroVideo_Sampler", "inputs": {
-            "model": ["dit", 0], "positive": ["text", 0], "negative": ["text", 1], "latent": ["latent", 0],
-            "seed": 5, "steps": 3, "cfg": 7.5, "sampler_name": "euler_ancestral", "scheduler": "linspace (reference)",
-            "noise_stream": "reference", "denoise": 1.0}},
-        "vae": {"class_type": "AllegroVideo_VAELoader", "inputs": {"vae_name": "diffusers/Allegro-tiny", "dtype": "fp32"}},
-        "decode": {"class_type": "AllegroVideo_VAEDecode", "inputs": {"samples": ["sample", 0], "vae": ["vae", 0]}},
-    }
-    model = ["dit", 0]
-    if lora is not None:
-        nodes["lora"] = {"class_type": "LoraLoaderModelOnly", "inputs": {"model": model, "lora_name": lora,
-                                                                         "strength_model": 1.0}}
-        model = ["lora", 0]
-    if block_swap is not None:
-        nodes["swap"] = {"class_type": "AllegroVideo_BlockSwap", "inputs": {"model": model, "resident_blocks": block_swap,
-                                                                            "prefetch": 1}}
-        model = ["swap", 0]
-    nodes["sample"]["inputs"]["model"] = model
-    return nodes
-
-
-def run_graph(comfy, graph):
-    result = comfy.run(graph, targets=["decode"])
-    assert result.status == "success", result.error
-    return result.output("sample")["samples"], result.output("decode")
-
-
 @pytest.mark.parametrize("fmt", ("Q4_K", FP8_SCALED))
 def test_quantised_models_sample_through_the_graph(comfy, tiny_models, quantized_models, fmt):
-    exact, _ = run_graph(comfy, t2v_graph(quantized_models["t2v"]["fp32"]))
-    latent, frames = run_graph(comfy, t2v_graph(quantized_models["t2v"][fmt]))
+    exact, _ = run_t2v(comfy, t2v_graph(quantized_models["t2v"]["fp32"]))
+    latent, frames = run_t2v(comfy, t2v_graph(quantized_models["t2v"][fmt]))
     assert frames.shape == (8, 64, 64, 3) and torch.isfinite(frames).all()
     # Three ancestral steps from the same noise: the quantised model's video is the fp32 one's, nearly.
     assert relative(latent, exact) <= 2 * TOLERANCE[fmt]
@@ -222,8 +188,8 @@ def test_lora_on_a_partially_loaded_quantised_model(comfy, quantized_models, lor
 
 
 def test_lora_in_a_graph_on_a_gguf_model(comfy, tiny_models, quantized_models, lora_file):
-    plain, _ = run_graph(comfy, t2v_graph(quantized_models["t2v"]["Q4_K"]))
-    patched, frames = run_graph(comfy, t2v_graph(quantized_models["t2v"]["Q4_K"], lora=lora_file))
+    plain, _ = run_t2v(comfy, t2v_graph(quantized_models["t2v"]["Q4_K"]))
+    patched, frames = run_t2v(comfy, t2v_graph(quantized_models["t2v"]["Q4_K"], lora=lora_file))
     assert torch.isfinite(frames).all() and not torch.allclose(plain, patched)
 
 
