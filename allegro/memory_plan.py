@@ -15,7 +15,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .config import RELEASE_TRANSFORMER, TransformerConfig
+from .config import RELEASE_TRANSFORMER, TEXT_TOKENS, TransformerConfig
+from .geometry import VideoSize
 from .quantization import TARGETS, storage_bytes, storage_format
 
 GB = 1e9
@@ -23,7 +24,6 @@ PLAIN_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.flo
 FORMATS = (*PLAIN_DTYPES, *TARGETS)
 # Peak activations inside a block, in units of one [batch, tokens, width] tensor of the compute dtype.
 ACTIVATION_WIDTHS = 11.0
-TEXT_TOKENS = 512
 # What the CUDA context, cuBLAS workspaces and the caching allocator's slack take besides tensors.
 RUNTIME_RESERVE = 1.0 * GB
 
@@ -69,17 +69,16 @@ def weight_bytes(fmt: str, config: TransformerConfig = RELEASE_TRANSFORMER, comp
     return WeightBytes(file_total, resident_total, max(blocks), outside)
 
 
-def tokens(frames: int, height: int, width: int, config: TransformerConfig = RELEASE_TRANSFORMER) -> int:
-    """DiT tokens of a video: latent frames x (height / 16) x (width / 16) for the release."""
-    latent_frames = -(-frames // 4)
-    return latent_frames * (height // (8 * config.patch_size)) * (width // (8 * config.patch_size))
+def tokens(frames: int, height: int, width: int) -> int:
+    """DiT tokens of a video (geometry's rule: latent frames x height / 16 x width / 16)."""
+    return VideoSize(width, height, frames).tokens
 
 
 def activation_bytes(frames: int, height: int, width: int, batch: int = 1, config: TransformerConfig = RELEASE_TRANSFORMER,
                      compute_bytes: int = 2, widths: float = ACTIVATION_WIDTHS) -> int:
     """Peak activation bytes of one DiT call on `batch` videos (CFG runs cond and uncond as batch 2
     when memory allows, else one after the other), plus the projected captions and RoPE tables."""
-    count = tokens(frames, height, width, config)
+    count = tokens(frames, height, width)
     dim = config.inner_dim
     hidden = batch * count * dim * compute_bytes
     captions = batch * TEXT_TOKENS * dim * compute_bytes

@@ -73,6 +73,15 @@ def test_memory_bench_unloads_t5(out_dir):
     assert len(re.findall(r"^\|---", out, re.M)) == 2              # one stage table per mode
 
 
+def test_quant_bench(out_dir):
+    out = run_quick("quant", out_dir)
+    assert len(re.findall(r"^\|---", out, re.M)) == 3               # released sizes, reduced model, VRAM plan
+    rows = {row[0]: row for row in table_rows(out) if row[0] in ("fp32", "Q4_K", "fp8_scaled")}
+    assert float(rows["fp32"][5]) == 0.0                            # the reference against itself
+    assert 0 < float(rows["Q4_K"][5]) < 0.1 and 0 < float(rows["fp8_scaled"][5]) < 0.05
+    assert "Arithmetic (88x720x1280" in out
+
+
 def test_gpu_bench_step_cache_loop_on_cpu():
     """bench_gpu.py's step-cache comparison, on a tiny model on CPU: threshold 0 never skips and
     reproduces the uncached run exactly; a large threshold skips calls and stays close."""

@@ -235,3 +235,35 @@ def test_fp8_fast_multiplies_in_fp8_where_supported(comfy, quantized_models, lor
     assert relative(multiplied, dequantised) <= 0.05
     layer.lora_patches = ([], "test")                                     # any recorded patch: dequantise
     assert not layer.can_multiply_in_fp8()
+
+
+def test_bad_gguf_files_are_clear_errors_in_the_loader(comfy, base_dir, quantized_models):
+    """A truncated download and a GGUF of another model family, picked in 'Load Allegro Model'."""
+    import numpy as np
+    from allegro.gguf_file import write_gguf
+    folder = base_dir / "models" / "diffusion_models"
+    whole = (folder / quantized_models["t2v"]["Q4_K"]).read_bytes()
+    (folder / "broken_download.gguf").write_bytes(whole[:len(whole) // 3])
+    write_gguf(folder / "flux_like.gguf", {"double_blocks.0.img_attn.qkv.weight": torch.zeros(96, 32),
+                                           "img_in.weight": torch.from_numpy(np.zeros((32, 64), np.float32))})
+    try:
+        with pytest.raises(ValueError, match="truncated or damaged"):      # (the package's CheckpointError)
+            load(comfy, "broken_download.gguf")
+        with pytest.raises(ValueError, match="Flux transformer, not an Allegro"):
+            load(comfy, "flux_like.gguf")
+    finally:
+        (folder / "broken_download.gguf").unlink()
+        (folder / "flux_like.gguf").unlink()
+
+
+def test_gguf_files_in_models_unet_are_listed_and_load(comfy, base_dir, quantized_models):
+    import shutil
+    unet = base_dir / "models" / "unet"
+    unet.mkdir(parents=True, exist_ok=True)
+    copy = unet / "allegro_from_unet_folder.gguf"
+    shutil.copy(base_dir / "models" / "diffusion_models" / quantized_models["t2v"]["Q8_0"], copy)
+    try:
+        assert copy.name in comfy.node_types["AllegroVideo_ModelLoader"].define_schema().inputs[0].options
+        assert first_linear(load(comfy, copy.name)).weight_format == "Q8_0"
+    finally:
+        copy.unlink()
