@@ -13,7 +13,7 @@
    the released width (CPU; the same tensors are allocated on a GPU with SDPA attention).
 4. The VRAM plan for the full-size video (computed: no GPU measured it).
 
-    .venv/bin/python -m bench.bench_quant                          # ~10 min on 2 cores
+    .venv/bin/python -m bench.bench_quant                          # ~10 min on 2 cores (4 blocks, 8x128x128)
     .venv/bin/python -m bench.bench_quant --layers 2 --video 8x64x64 --formats Q4_K fp8_scaled   # smoke
 """
 import argparse
@@ -185,8 +185,8 @@ def arithmetic_text(measured_factor: float) -> str:
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--layers", type=int, default=8, help="blocks of the reduced model (released: 32)")
-    parser.add_argument("--video", default="16x256x256", help="frames x height x width of the measured model call")
+    parser.add_argument("--layers", type=int, default=4, help="blocks of the reduced model (released: 32)")
+    parser.add_argument("--video", default="8x128x128", help="frames x height x width of the measured model call")
     parser.add_argument("--formats", nargs="+", default=list(LOADED), choices=list(LOADED))
     parser.add_argument("--out-dir", default=str(common.DEFAULT_OUT))
     parser.add_argument("--markdown", help="also write the report here")

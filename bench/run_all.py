@@ -31,7 +31,7 @@ BENCHES = {
     "vae_decode_uneven": ("bench.bench_vae_decode", ["--size", "40x480x640"], SMALL_VAE + ["--size", "24x240x320", "--reps", "1"]),
     "ti2v_encode": ("bench.bench_ti2v_encode", [], SMALL_VAE + ["--size", "24x240x240", "--modes", "first+last", "--reps", "1"]),
     "memory": ("bench.bench_memory", [], ["--size", "tiny", "--video", "8x64x64", "--modes", "classic-short", "cache-none"]),
-    "quant": ("bench.bench_quant", [], ["--layers", "2", "--video", "8x64x64", "--formats", "Q4_K", "fp8_scaled"]),
+    "quant": ("bench.bench_quant", ["--layers", "4", "--video", "8x128x128"], ["--layers", "2", "--video", "8x64x64", "--formats", "Q4_K", "fp8_scaled"]),
 }
 MARK = "<!-- bench:{} -->"
 END = "<!-- /bench:{} -->"
