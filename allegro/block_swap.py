@@ -1,49 +1,73 @@
 """Block swap: run the DiT with only some of its blocks resident on the GPU.
 
-The first `resident` blocks stay on the GPU; every other block keeps its weights in pinned CPU
-memory and is copied in on a side stream one block ahead of use (so the copy of block i+1
-overlaps the compute of block i), then dropped after it runs. VRAM then holds the resident
-blocks plus two streamed ones. (Inside ComfyUI, its own partial loading does the same job for
-the model nodes: this is for library users and the GPU benchmark.)
+The first `resident` blocks stay on the device; every other block keeps its tensors on the host
+(pinned, when the device is a GPU) and is copied in on a side stream `prefetch` blocks ahead of
+use (the copy of block i+1 overlaps the compute of block i), then dropped after it runs. The
+device then holds the resident blocks plus at most 1 + prefetch streamed ones.
+
+Tensors are swapped through `.data`, so parameter objects (and anything holding them, such as
+ComfyUI's model patcher) stay the same; any layer type works, quantised ones included (their
+stored bytes are what moves). Inside ComfyUI the Allegro Block Swap node (nodes/block_swap.py)
+installs this after ComfyUI's model management has loaded the model, on the blocks ComfyUI put
+on the GPU as well as the ones it left offloaded.
 """
 import torch
 
 
+def block_tensors(block: torch.nn.Module) -> list[torch.Tensor]:
+    return [t for t in list(block.parameters()) + list(block.buffers())]
+
+
+def tensor_bytes(block: torch.nn.Module) -> int:
+    return sum(t.nbytes for t in block_tensors(block))
+
+
 class BlockSwap:
-    def __init__(self, model, resident: int, device: torch.device):
+    def __init__(self, model, resident: int, device, host="cpu", prefetch: int = 1, pin: bool = True,
+                 move_resident: bool = True):
+        """model: has `.transformer_blocks`. move_resident: also move the resident blocks to `device`
+        (False leaves them where they are, e.g. where ComfyUI's partial loading put them)."""
         self.blocks = list(model.transformer_blocks)
         self.resident = max(0, min(resident, len(self.blocks)))
-        self.device = torch.device(device)
+        self.prefetch = max(0, prefetch)
+        self.device, self.host = torch.device(device), torch.device(host)
         self.copy_stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
-        self.host = {}          # streamed block index → {param name: pinned CPU tensor}
-        self.ready = {}         # streamed block index → CUDA event marking its copy as done
+        self.host_data = {}      # streamed block index → [host tensor of each of block_tensors(block)]
+        self.ready = {}          # streamed block index → CUDA event of its copy (None off CUDA)
+        self.bytes_streamed = 0
         for index, block in enumerate(self.blocks):
+            tensors = block_tensors(block)
             if index < self.resident:
-                block.to(self.device)
+                if move_resident:
+                    for tensor in tensors:
+                        tensor.data = tensor.data.to(self.device)
                 continue
-            block.to("cpu")
-            self.host[index] = {}
-            for name, tensor in list(block.named_parameters()) + list(block.named_buffers()):
-                pinned = tensor.data.pin_memory() if self.copy_stream is not None else tensor.data
-                tensor.data = pinned
-                self.host[index][name] = pinned
+            host_data = []
+            for tensor in tensors:
+                data = tensor.data.to(self.host)
+                if pin and self.copy_stream is not None and not data.is_pinned():
+                    data = data.pin_memory()
+                tensor.data = data
+                host_data.append(data)
+            self.host_data[index] = host_data
         self.hooks = []
-        for index in self.host:
+        for index in self.host_data:
             block = self.blocks[index]
             self.hooks.append(block.register_forward_pre_hook(lambda module, args, i=index: self._before(i)))
             self.hooks.append(block.register_forward_hook(lambda module, args, output, i=index: self._after(i)))
 
-    def _tensors(self, index):
-        block = self.blocks[index]
-        return list(block.named_parameters()) + list(block.named_buffers())
+    @property
+    def streamed(self) -> list[int]:
+        return list(self.host_data)
 
     def _fetch(self, index):
-        if index not in self.host or index in self.ready:
+        if index not in self.host_data or index in self.ready:
             return
         stream = self.copy_stream
         with torch.cuda.stream(stream) if stream is not None else torch.no_grad():
-            for name, tensor in self._tensors(index):
-                tensor.data = self.host[index][name].to(self.device, non_blocking=True)
+            for tensor, data in zip(block_tensors(self.blocks[index]), self.host_data[index]):
+                tensor.data = data.to(self.device, non_blocking=stream is not None, copy=True)
+                self.bytes_streamed += data.nbytes
             if stream is not None:
                 event = torch.cuda.Event()
                 event.record(stream)
@@ -56,17 +80,30 @@ class BlockSwap:
         event = self.ready.get(index)
         if event is not None:
             torch.cuda.current_stream(self.device).wait_event(event)
-        self._fetch(index + 1)                        # overlap the next copy with this compute
+        # Overlap the next streamed blocks' copies with this block's compute (wrapping to the first
+        # streamed blocks for the next model call).
+        upcoming = [i for i in self.host_data if i > index][:self.prefetch]
+        if len(upcoming) < self.prefetch:
+            upcoming += [i for i in self.host_data if i < index][:self.prefetch - len(upcoming)]
+        for following in upcoming:
+            self._fetch(following)
 
     def _after(self, index):
+        tensors = block_tensors(self.blocks[index])
         if self.copy_stream is not None:
-            # The copies were made on the side stream; keep them alive until this stream is done.
-            for _, tensor in self._tensors(index):
+            # The copies were allocated on the side stream; keep them alive until this stream is done.
+            for tensor in tensors:
                 tensor.data.record_stream(torch.cuda.current_stream(self.device))
-        for name, tensor in self._tensors(index):
-            tensor.data = self.host[index][name]
+        for tensor, data in zip(tensors, self.host_data[index]):
+            tensor.data = data
         self.ready.pop(index, None)
 
     def remove(self):
+        """Stop streaming: drop the hooks (streamed blocks stay on the host)."""
         for hook in self.hooks:
             hook.remove()
+        self.hooks = []
+        for index in list(self.ready):
+            for tensor, data in zip(block_tensors(self.blocks[index]), self.host_data[index]):
+                tensor.data = data
+        self.ready = {}

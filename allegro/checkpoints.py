@@ -1,7 +1,9 @@
-"""Reading weights safely: single .safetensors files and hub-layout (diffusers) component folders.
+"""Reading weights safely: single .safetensors and .gguf files, and hub-layout (diffusers) component folders.
 
-Only safetensors is read. PyTorch pickles (.ckpt/.pt/.pth/.bin) can run code when unpickled, so
-they are refused before a byte of them is parsed; the hub's duplicate .bin shards are skipped.
+Only safetensors and GGUF are read (GGUF by its content, whatever the file is called). PyTorch pickles
+(.ckpt/.pt/.pth/.bin) can run code when unpickled, so they are refused before a byte of them is
+parsed; the hub's duplicate .bin shards are skipped. Quantised weights (GGUF blocks, scaled fp8)
+come out as `quantization.QuantizedWeight`s that keep the shape of the tensor they encode.
 A file's header is checked before loading, so a truncated download, a Git LFS pointer or an HTML
 error page gives a message that says so instead of a low-level exception.
 
@@ -19,7 +21,7 @@ from typing import Sequence
 
 import torch
 
-from . import tensor_checks
+from . import quantization, tensor_checks
 from .checkpoint_kinds import CheckpointError
 from .config import COMPONENT_CLASSES
 
@@ -30,6 +32,7 @@ SAFETENSORS_HINT = (
 )
 # The format caps the JSON header at 100 MB; a larger length means this is not a safetensors file.
 MAX_HEADER_BYTES = 100_000_000
+GGUF_MAGIC = b"GGUF"
 
 
 @dataclass(frozen=True)
@@ -52,9 +55,9 @@ def _sniff_foreign_format(path: Path, head: bytes) -> CheckpointError | None:
         return _refuse_pickle(path, "is a zip archive, as torch.save writes it")
     if len(head) > 1 and head[0] == 0x80 and 2 <= head[1] <= 5:
         return _refuse_pickle(path, "starts with a pickle header")
-    if head.startswith(b"GGUF"):
-        return CheckpointError(f"{path} is a GGUF file. This loader reads .safetensors only; "
-                               "use the safetensors weights.")
+    if head.startswith(GGUF_MAGIC):
+        return CheckpointError(f"{path} is a GGUF file, not safetensors. Only the Allegro transformer is read from "
+                               "GGUF ('Load Allegro Model'); use the .safetensors weights here.")
     if head.startswith(b"version https://git-lfs"):
         return CheckpointError(
             f"{path} is a Git LFS pointer (a small text file), not the weights. Download the real file, e.g. "
@@ -404,8 +407,34 @@ def _pipeline_companions(folder: Path, component: str) -> dict[str, dict]:
     return found
 
 
+def is_gguf(path) -> bool:
+    """Whether `path` is a GGUF file, by its first bytes (the name does not matter)."""
+    path = Path(path)
+    if not path.is_file():
+        return False
+    with path.open("rb") as file:
+        return file.read(4) == GGUF_MAGIC
+
+
+def read_weights_file(path, device="cpu") -> tuple[dict, dict[str, str]]:
+    """(weights, metadata) of a single .safetensors or .gguf file, told apart by content; scaled-fp8
+    and GGUF-quantised tensors as QuantizedWeights."""
+    path = Path(path)
+    _check_is_file(path)
+    if path.suffix.lower() not in PICKLE_SUFFIXES and is_gguf(path):
+        from .gguf_file import read_gguf
+        return read_gguf(path)
+    weights, metadata = read_safetensors(path, device)
+    if quantization.is_scaled_fp8(weights):
+        try:
+            weights = quantization.gather_scaled_fp8(weights)
+        except ValueError as error:
+            raise CheckpointError(f"{path}: {error}") from None
+    return weights, metadata
+
+
 def read_checkpoint(path, component: str, device="cpu", inside: Sequence[Path] | None = None) -> Checkpoint:
-    """A hub folder (the pipeline folder or the component's own) or a single .safetensors file.
+    """A hub folder (the pipeline folder or the component's own) or a single .safetensors / .gguf file.
     With `inside`, every file and folder opened or listed must resolve (links followed) into one
     of those folders; anything else is refused without being read or listed."""
     token = _ALLOWED_ROOTS.set(None if inside is None else tuple(Path(os.path.realpath(r)) for r in inside))
@@ -420,6 +449,6 @@ def _read_checkpoint(path: Path, component: str, device) -> Checkpoint:
         folder = find_component(path, component)
         config, weights, metadata = read_diffusers_component(folder, device)
         return Checkpoint(weights, config, folder, metadata, _pipeline_companions(folder, component))
-    weights, metadata = read_safetensors(path, device)
+    weights, metadata = read_weights_file(path, device)
     declared, companions = metadata_config(metadata, component, path.name)
     return Checkpoint(weights, declared, path, metadata, companions)

@@ -3,6 +3,7 @@ demo (never committed). One writer, three size presets that keep the real archit
 widths and depths, so the package's nodes and diffusers' AllegroPipeline load the very same files:
 
   tiny      the test suite's models (seconds to run anything)
+  quantizable  the tests' quantisation models: width 768, the smallest whose rows K-quants can encode
   reduced   a few seconds per sampling step on 2 cores: the sampler and step-cache benchmarks
   medium    weights big enough for memory figures to mean something (T5 0.75 GB, DiT 1.1 GB, VAE 0.7 GB fp32)
 
@@ -43,6 +44,10 @@ SIZES = {
     "reduced": Size(dict(num_attention_heads=4, attention_head_dim=96, num_layers=4),
                     dict(d_model=64, d_kv=16, num_heads=4, d_ff=128, num_layers=2),
                     dict(block_out_channels=(8, 16, 32, 32), layers_per_block=2, norm_num_groups=4)),
+    # Width 768 (8 heads x 96): the smallest Allegro width whose rows K-quants can encode (multiples of 256).
+    "quantizable": Size(dict(num_attention_heads=8, attention_head_dim=96, num_layers=2),
+                        dict(d_model=32, d_kv=8, num_heads=4, d_ff=64, num_layers=2),
+                        dict(block_out_channels=(8, 8, 16, 16), layers_per_block=1, norm_num_groups=4)),
     "medium": Size(dict(num_attention_heads=12, attention_head_dim=96, num_layers=12),
                    dict(d_model=1024, d_kv=64, num_heads=16, d_ff=2816, num_layers=12),
                    dict()),                                   # the released VAE's size (175M parameters)
@@ -355,3 +360,30 @@ def write_low_res_pipeline(models_dir: Path, repo: str = "rhymes-ai/Allegro-T2V-
         shutil.copytree(paths["diffusers_t2v"] / name, folder / name)
     (folder / "model_index.json").write_text(json.dumps(MODEL_INDEX, indent=2))
     return folder
+
+
+# --- the quantisation tests' transformers ---------------------------------------------------
+
+def quantizable_paths(models_dir: Path) -> dict[str, Path]:
+    folder = Path(models_dir) / "diffusion_models"
+    return {"t2v": folder / "allegro_q_t2v.safetensors", "ti2v": folder / "allegro_q_ti2v.safetensors"}
+
+
+def write_quantizable(models_dir: Path) -> dict[str, Path]:
+    """Width-768 T2V and TI2V transformers (fp32, config in the metadata, the tiny T5's caption width)
+    under models_dir/diffusion_models/, for converting to GGUF / scaled fp8. Written once."""
+    from safetensors.torch import save_file
+    paths = quantizable_paths(models_dir)
+    if all(p.is_file() for p in paths.values()):
+        return paths
+    paths["t2v"].parent.mkdir(parents=True, exist_ok=True)
+    model = build_transformer(transformer_kwargs("quantizable"), seed=11)     # captions as wide as the tiny T5
+    weights, config = _contiguous(model.state_dict()), public_config(model)
+    width = model.config.num_attention_heads * model.config.attention_head_dim
+    ti2v_weights = {**weights, **ti2v_branch_weights(width, model.config.in_channels, model.config.patch_size, seed=12)}
+    # The branches' linears at a trained model's scale (the tiny set's are exaggerated to steer a random model).
+    for branch in TI2V_BRANCHES:
+        ti2v_weights[f"{branch}.1.weight"] = ti2v_weights[f"{branch}.1.weight"] / 8
+    save_file(weights, paths["t2v"], metadata={"format": "pt", "config": json.dumps(config)})
+    save_file(ti2v_weights, paths["ti2v"], metadata={"format": "pt", "config": json.dumps(original_ti2v_config(config))})
+    return paths

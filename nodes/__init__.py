@@ -6,6 +6,7 @@ id). Ids and input names are part of saved workflows: never rename them."""
 from comfy_api.v0_0_2 import ComfyExtension, io
 
 from .clips import AllegroJoinClips
+from .block_swap import AllegroBlockSwap
 from .latent import AllegroEmptyLatentVideo
 from .loaders import AllegroModelLoader, AllegroT5Loader, AllegroVAELoader
 from .lora import AllegroLoraLoader
@@ -23,7 +24,7 @@ NODES: list[type[io.ComfyNode]] = [
     AllegroModelLoader, AllegroVAELoader, AllegroT5Loader, AllegroTextEncode, AllegroEmptyLatentVideo,
     AllegroSampler, AllegroVAEDecode, AllegroVAEEncode, AllegroTI2VConditioning, AllegroStepCache,
     AllegroLoraLoader,
-    AllegroTI2VKeyframes, AllegroTI2VContinue, AllegroJoinClips, AllegroMultiGPU,
+    AllegroTI2VKeyframes, AllegroTI2VContinue, AllegroJoinClips, AllegroMultiGPU, AllegroBlockSwap,
 ]
 # The ids this package used before the prefix (version 0.1): ComfyUI versions with node replacement
 # open workflows saved with them as the new nodes (same inputs, same order).

@@ -23,9 +23,10 @@ import comfy.utils
 
 from ..allegro.config import (LATENT_CHANNELS, LATENT_SCALE, SPATIAL_FACTOR, TEMPORAL_FACTOR, TEXT_TOKENS,
                               TransformerConfig)
+from ..allegro.quantization import QuantizedWeight
 from ..allegro.schedule import sigma_at, timestep_at, training_sigmas
 from ..allegro.transformer import AllegroTransformer3D
-from . import comfy_compat, model_size
+from . import comfy_compat, model_size, quantized_ops
 from .parallel import parallel_call_arguments
 from .step_cache import cache_call_arguments
 from .ti2v import FRAME_MASK, LATENT_SCALE_KEY, MASKED_VIDEO
@@ -202,13 +203,22 @@ class AllegroBaseModel(comfy.model_base.BaseModel):
 
 
 def build_model(config: TransformerConfig, state_dict: dict, weight_dtype=None, latent_scale: float = LATENT_SCALE,
-                disable_dynamic: bool = False) -> comfy.model_patcher.ModelPatcher:
+                fp8_matmul: bool = False, disable_dynamic: bool = False) -> comfy.model_patcher.ModelPatcher:
     """A ModelPatcher over the DiT described by `config`, sampling latents scaled by `latent_scale`; the
-    patcher core loaders use (a dynamic-VRAM one where ComfyUI runs it) unless `disable_dynamic`."""
+    patcher core loaders use (a dynamic-VRAM one where ComfyUI runs it) unless `disable_dynamic`.
+    Quantised weights (GGUF, scaled fp8) stay quantised (quantized_ops, with its own patcher);
+    `fp8_matmul` asks for fp8 matrix multiplication where ComfyUI says the device supports it, as
+    core's `fp8_e4m3fn_fast`."""
     load_device = comfy.model_management.get_torch_device()
     offload_device = comfy.model_management.unet_offload_device()
     model_config = AllegroModelConfig({"image_model": "allegro", "allegro": config})
     model_config.latent_format = AllegroLatentFormat(latent_scale)
+    quantized = any(isinstance(value, QuantizedWeight) for value in state_dict.values())
+    if quantized:
+        model_config.custom_operations = quantized_ops.operations(
+            fp8_matmul and comfy.model_management.supports_fp8_compute(load_device))
+    elif fp8_matmul:
+        model_config.optimizations["fp8"] = True        # core's pick_operations: fp8 ops where supported
     parameters = comfy.utils.calculate_parameters(state_dict)
     if weight_dtype is None:
         weight_dtype = comfy.model_management.unet_dtype(model_params=parameters,
@@ -218,7 +228,8 @@ def build_model(config: TransformerConfig, state_dict: dict, weight_dtype=None, 
     comfy_compat.set_inference_dtype(model_config, weight_dtype, manual_cast_dtype, load_device)
     model = model_config.get_model(state_dict, device=offload_device)
     # As core loaders: the patcher first, then the weights, loaded the way that patcher needs them.
-    patcher = comfy_compat.patcher_class(disable_dynamic)(model, load_device=load_device, offload_device=offload_device)
+    patcher_class = quantized_ops.QuantizedModelPatcher if quantized else comfy_compat.patcher_class(disable_dynamic)
+    patcher = patcher_class(model, load_device=load_device, offload_device=offload_device)
     missing, unexpected = comfy_compat.load_weights(model.diffusion_model, state_dict, patcher)
     if missing or unexpected:
         raise ValueError(f"The weights do not match the model config: missing {missing[:8]}, unexpected {unexpected[:8]}")

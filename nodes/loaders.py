@@ -10,12 +10,14 @@ from comfy_api.v0_0_2 import io
 from ..allegro import config as allegro_config
 from ..allegro.checkpoint_kinds import KIND_DESCRIPTIONS, identify_checkpoint, strip_prefix
 from ..allegro.checkpoints import Checkpoint
+from ..allegro.quantization import QuantizedWeight, formats_in
 from . import model_size, sources
 
 CATEGORY = "Allegro/loaders"
 
 WEIGHT_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32,
-                 "fp8_e4m3fn": torch.float8_e4m3fn}
+                 "fp8_e4m3fn": torch.float8_e4m3fn, "fp8_e4m3fn_fast": torch.float8_e4m3fn}
+FP8_MATMUL = "fp8_e4m3fn_fast"
 VAE_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 TEXT_DTYPES = {"default": None, "fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 
@@ -45,9 +47,12 @@ def load_model(model_name: str, weight_dtype: str, disable_dynamic: bool = False
     source = config_source(checkpoint)
     config = allegro_config.decide_transformer_config(weights, kind, checkpoint.declared, source)
     latent_scale = allegro_config.decide_latent_scale(checkpoint.companions.get("vae"))
-    logging.info("Loading %s from %s", KIND_DESCRIPTIONS[kind], checkpoint.source)
+    stored_as = ", ".join(f"{count} {name}" for name, count in sorted(formats_in(weights).items()))
+    logging.info("Loading %s from %s (tensors: %s)", KIND_DESCRIPTIONS[kind], checkpoint.source, stored_as)
     model_size.report_loaded(config)
-    patcher = build_model(config, weights, WEIGHT_DTYPES[weight_dtype], latent_scale, disable_dynamic=disable_dynamic)
+    is_quantized = any(isinstance(value, QuantizedWeight) for value in weights.values())
+    patcher = build_model(config, weights, storage_dtype(weight_dtype, is_quantized), latent_scale,
+                          fp8_matmul=weight_dtype == FP8_MATMUL, disable_dynamic=disable_dynamic)
     patcher.cached_patcher_init = (load_model, (model_name, weight_dtype))    # unread by 0.3.75 and 0.8.0
     patcher.model.allegro_source = model_name          # named in the sampler's messages
     return patcher
@@ -71,7 +76,17 @@ def load_vae_patcher(vae_name: str, dtype: str, disable_dynamic: bool = False):
 
 
 def model_choices() -> list[str]:
-    return sources.diffusers_choices("transformer") + sources.file_choices("diffusion_models")
+    return sources.diffusers_choices("transformer") + sources.file_choices("diffusion_models", gguf=True)
+
+
+def storage_dtype(weight_dtype: str, quantized: bool) -> torch.dtype:
+    """The dtype of the tensors a quantised file keeps unquantised: the choice, but never fp8 (they
+    are the ones that quantise badly; the quantised ones keep the file's format)."""
+    dtype = WEIGHT_DTYPES[weight_dtype]
+    if quantized and dtype == torch.float8_e4m3fn:
+        logging.info("Quantised weights keep their format; the unquantised tensors are stored in bf16")
+        return torch.bfloat16
+    return dtype
 
 
 def vae_choices() -> list[str]:
@@ -86,16 +101,22 @@ class AllegroModelLoader(io.ComfyNode):
             display_name="Load Allegro Model",
             category=CATEGORY,
             description="Loads the Allegro DiT (text-to-video) or Allegro-TI2V (text-image-to-video), told apart by "
-                        "its weights: a single .safetensors from models/diffusion_models/, or the hub folder "
-                        "(model_index.json, transformer/ …) under models/diffusers/.",
+                        "its weights: a single .safetensors or .gguf from models/diffusion_models/ (or models/unet/), or "
+                        "the hub folder (model_index.json, transformer/ …) under models/diffusers/. GGUF (Q8_0, Q6_K, "
+                        "Q5_K, Q4_K) and scaled-fp8 files stay quantised in memory and are dequantised layer by layer.",
             inputs=[
                 io.Combo.Input("model_name", options=model_choices(),
                                tooltip="diffusers/<folder>: a hub download (rhymes-ai/Allegro or Allegro-TI2V) in "
-                                       "models/diffusers/. Otherwise a transformer .safetensors in "
-                                       "models/diffusion_models/."),
+                                       "models/diffusers/. Otherwise a transformer .safetensors or .gguf in "
+                                       "models/diffusion_models/ or models/unet/ (scripts/convert_weights.py makes "
+                                       "GGUF and scaled-fp8 files)."),
                 io.Combo.Input("weight_dtype", options=list(WEIGHT_DTYPES), default="bf16",
                                tooltip="How the weights are stored in memory: bf16 (5.5 GB, the release dtype), fp16, "
-                                       "fp32 (11 GB), or fp8_e4m3fn (2.8 GB; computed in bf16/fp16)."),
+                                       "fp32 (11 GB), or fp8_e4m3fn (2.8 GB; computed in bf16/fp16). fp8_e4m3fn_fast "
+                                       "also multiplies in fp8 on GPUs that support it (RTX 40xx, H100 …; elsewhere "
+                                       "as fp8_e4m3fn). GGUF and scaled-fp8 files keep their own format: this sets "
+                                       "the dtype of the few tensors they keep unquantised (fp8 choices: bf16), and "
+                                       "fp8_e4m3fn_fast turns on fp8 multiplication for scaled-fp8 files."),
             ],
             outputs=[io.Model.Output(display_name="model", tooltip="A native ComfyUI MODEL: works with the Allegro "
                                                                    "sampler, KSampler and model patches.")],

@@ -1,5 +1,5 @@
-"""Where the loaders find weights: single .safetensors files in ComfyUI's model folders, and
-diffusers folders (the hub layout: model_index.json, transformer/, vae/, text_encoder/ …) under
+"""Where the loaders find weights: single .safetensors files in ComfyUI's model folders (and .gguf
+files in models/diffusion_models/ and models/unet/ for the transformer), and diffusers folders (the hub layout: model_index.json, transformer/, vae/, text_encoder/ …) under
 models/diffusers/, listed as "diffusers/<folder>".
 
 A name reaches a loader unchecked when its input is linked from another node (ComfyUI checks a
@@ -56,8 +56,23 @@ def diffusers_choices(component: str) -> list[str]:
     return sorted(found)
 
 
-def file_choices(folder_kind: str) -> list[str]:
-    return [name for name in folder_paths.get_filename_list(folder_kind) if name.endswith(".safetensors")]
+# ComfyUI lists only its own weight suffixes; .gguf files of a model folder get a folder key of their
+# own (as ComfyUI-GGUF does), over the same directories.
+GGUF_SUFFIX = ".gguf"
+
+
+def gguf_choices(folder_kind: str) -> list[str]:
+    key = f"allegro_gguf_{folder_kind}"
+    folders = folder_paths.get_folder_paths(folder_kind)
+    if folder_paths.folder_names_and_paths.get(key, ([], None))[0] != folders:
+        folder_paths.folder_names_and_paths[key] = (list(folders), {GGUF_SUFFIX})
+    return folder_paths.get_filename_list(key)
+
+
+def file_choices(folder_kind: str, gguf: bool = False) -> list[str]:
+    """Weight files in models/<folder_kind>/: .safetensors, and with `gguf` also .gguf."""
+    names = [name for name in folder_paths.get_filename_list(folder_kind) if name.endswith(".safetensors")]
+    return names + (gguf_choices(folder_kind) if gguf else [])
 
 
 def model_roots() -> list[Path]:
@@ -131,7 +146,7 @@ def check_choice(value, choices: list[str], folder_kind: str):
         problem = (f"is a PyTorch pickle ({suffix}): pickles can run code when loaded, so they are never listed or "
                    "opened. Use the .safetensors version of these weights")
     else:
-        problem = f"is not a .safetensors file in models/{folder_kind}/ nor a folder in models/diffusers/"
+        problem = f"is not a weights file in models/{folder_kind}/ nor a folder in models/diffusers/"
     return f"{value!r} {problem}. Available: {shown or 'nothing'}."   # ComfyUI prefixes the input's name
 
 

@@ -47,3 +47,23 @@ def comfy_server(base_dir, tiny_models):
     server = ComfyServer(base_dir, extra_args=["--cache-none"]).start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def quantized_models(base_dir):
+    """Width-768 random-weight T2V and TI2V transformers (fp32 .safetensors) and their conversions by
+    scripts/convert_weights.py, in base_dir/models/diffusion_models: {"t2v": {"fp32": name, "Q4_K": name, …},
+    "ti2v": {…}} with file names as the model loader lists them."""
+    from allegro_devtools.random_models import write_quantizable
+    from scripts.convert_weights import convert
+    sources = write_quantizable(base_dir / "models")
+    plan = {"t2v": ("Q8_0", "Q6_K", "Q5_K", "Q4_K", "fp8_scaled"), "ti2v": ("Q4_K", "fp8_scaled")}
+    names = {}
+    for kind, formats in plan.items():
+        names[kind] = {"fp32": sources[kind].name}
+        for fmt in formats:
+            target = sources[kind].parent / f"{sources[kind].stem}_{fmt}{'.safetensors' if fmt == 'fp8_scaled' else '.gguf'}"
+            if not target.exists():
+                convert(sources[kind], target, fmt, log=lambda *_: None)
+            names[kind][fmt] = target.name
+    return names

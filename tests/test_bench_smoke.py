@@ -23,7 +23,7 @@ def out_dir(tmp_path_factory) -> Path:
 def run_quick(name: str, out_dir: Path) -> str:
     module, _full, quick = BENCHES[name]
     done = subprocess.run([sys.executable, "-m", module, *quick, "--out-dir", str(out_dir)],
-                          capture_output=True, text=True, timeout=300, cwd=REPO_ROOT)
+                          capture_output=True, text=True, timeout=900, cwd=REPO_ROOT)
     assert done.returncode == 0, done.stderr[-3000:]
     out = done.stdout
     assert re.search(r"^\|---\|", out, re.M), out               # a markdown table
@@ -71,6 +71,17 @@ def test_memory_bench_unloads_t5(out_dir):
     out = run_quick("memory", out_dir)
     assert "memory short before the sampler unloaded: T5TextEncoder" in out
     assert len(re.findall(r"^\|---", out, re.M)) == 2              # one stage table per mode
+
+
+def test_quant_bench(out_dir):
+    out = run_quick("quant", out_dir)
+    assert len(re.findall(r"^\|---", out, re.M)) == 3               # released sizes, reduced model, VRAM plan
+    reduced = out.split("#### Reduced model")[1].split("#### Which format")[0]
+    rows = {row[0]: row for row in table_rows(reduced)}
+    assert set(rows) == {"fp32", "Q4_K", "fp8_scaled"}
+    assert float(rows["fp32"][5]) == 0.0                            # the reference against itself
+    assert 0 < float(rows["Q4_K"][5]) < 0.1 and 0 < float(rows["fp8_scaled"][5]) < 0.05
+    assert "Arithmetic (88x720x1280" in out
 
 
 def test_gpu_bench_step_cache_loop_on_cpu():
