@@ -124,7 +124,7 @@ class AllegroModelLoader(io.ComfyNode):
 
     @classmethod
     def validate_inputs(cls, model_name=None):
-        return sources.check_choice(model_name, model_choices(), "diffusion_models")
+        return sources.check_choice(model_name, model_choices(), "diffusion_models", ".safetensors or .gguf file")
 
     @classmethod
     def execute(cls, model_name, weight_dtype) -> io.NodeOutput:

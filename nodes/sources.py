@@ -135,7 +135,7 @@ def resolve(choice: str, folder_kind: str) -> Path:
     return path
 
 
-def check_choice(value, choices: list[str], folder_kind: str):
+def check_choice(value, choices: list[str], folder_kind: str, kinds: str = ".safetensors file"):
     """validate_inputs for a weights list: True, or what is wrong and what can be picked. (It replaces
     ComfyUI's "Value not in list", which says "(list of length N)" once the list is long.)"""
     if value is None or value in choices:      # None: linked from another node, checked when it runs
@@ -146,7 +146,7 @@ def check_choice(value, choices: list[str], folder_kind: str):
         problem = (f"is a PyTorch pickle ({suffix}): pickles can run code when loaded, so they are never listed or "
                    "opened. Use the .safetensors version of these weights")
     else:
-        problem = f"is not a weights file in models/{folder_kind}/ nor a folder in models/diffusers/"
+        problem = f"is not a {kinds} in models/{folder_kind}/ nor a folder in models/diffusers/"
     return f"{value!r} {problem}. Available: {shown or 'nothing'}."   # ComfyUI prefixes the input's name
 
 

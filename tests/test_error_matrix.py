@@ -90,7 +90,7 @@ CASES = [
     Case("truncated safetensors", dit_file("truncated.safetensors"), "load",
          (f"{PREFIX}truncated.safetensors", "is truncated", "download it again"), good_dit),
     Case("model file that is not there", dit_file("missing.safetensors"), "load",
-         ("model_name", f"{PREFIX}missing.safetensors", "is not a .safetensors file in models/diffusion_models/",
+         ("model_name", f"{PREFIX}missing.safetensors", "is not a .safetensors or .gguf file in models/diffusion_models/",
           "Available:", "allegro_tiny_t2v.safetensors"), good_dit, validation=True),
     Case("SD1.5 checkpoint as the DiT", dit_file("sd15.safetensors"), "load",
          (f"{PREFIX}sd15.safetensors", "Stable Diffusion 1.5", "not an Allegro text-to-video transformer",
