@@ -193,6 +193,28 @@ def test_lora_in_a_graph_on_a_gguf_model(comfy, tiny_models, quantized_models, l
     assert torch.isfinite(frames).all() and not torch.allclose(plain, patched)
 
 
+def test_peft_lora_through_load_allegro_lora_on_a_gguf_model(comfy, base_dir, quantized_models, lora_file):
+    """The same LoRA in diffusers/PEFT keys (no alpha: scale 1, as alpha = rank here) through 'Load
+    Allegro LoRA' patches a GGUF model exactly as the ComfyUI-format file through core's loader."""
+    from safetensors.torch import load_file, save_file
+    comfy_keys = load_file(base_dir / "models" / "loras" / LORA_NAME)
+    peft = {}
+    for key, tensor in comfy_keys.items():
+        module = key.removeprefix("diffusion_model.").rsplit(".", 2)[0]
+        if key.endswith(".lora_down.weight"):
+            peft[f"transformer.{module}.lora_A.weight"] = tensor
+        elif key.endswith(".lora_up.weight"):
+            peft[f"transformer.{module}.lora_B.weight"] = tensor
+    save_file(peft, base_dir / "models" / "loras" / "allegro_test_lora_peft.safetensors")
+    base = load(comfy, quantized_models["t2v"]["Q4_K"])
+    core = predict(with_lora(comfy, base))
+    ours = comfy.call("AllegroVideo_LoraLoader", model=base, lora_name="allegro_test_lora_peft.safetensors",
+                      strength_model=1.0)[0]
+    assert first_linear(ours).weight.dtype == first_linear(base).weight.dtype        # still quantised
+    assert torch.equal(predict(ours), core)
+    assert relative(core, predict(base)) > 1e-2                                         # the LoRA does something
+
+
 # --- fp8 matrix multiplication ------------------------------------------------------------------
 
 def test_fp8_fast_falls_back_cleanly_where_fp8_compute_is_unsupported(comfy, quantized_models):
