@@ -114,3 +114,9 @@ def test_weight_checks_bench(out_dir):
     rows = {row[0]: row for row in table_rows(run_quick("weight_checks", out_dir))}
     assert set(rows) == {"load with the finite check", "load without it", "the check alone (loaded tensors)"}
     assert rows["load without it"][2] == "1.00"
+
+
+def test_prompt_cleaning_bench(out_dir):
+    rows = table_rows(run_quick("prompt_cleaning", out_dir))
+    assert [row[0] for row in rows] == ["broken markup"]
+    assert rows[0][4] == "8,189"          # the cleaner stops at its last window, whatever the prompt's length
