@@ -11,10 +11,8 @@ error page gives a message that says so instead of a low-level exception.
 with them out. What the weights are is `checkpoint_kinds`' job; what config they get, `config`'s.
 """
 import json
-import os
 import re
 import struct
-from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -22,6 +20,7 @@ from typing import Sequence
 import torch
 
 from . import quantization, tensor_checks
+from .confinement import confine, confined_to
 from .checkpoint_kinds import CheckpointError
 from .config import COMPONENT_CLASSES
 
@@ -71,36 +70,8 @@ def _sniff_foreign_format(path: Path, head: bytes) -> CheckpointError | None:
     return None
 
 
-# ---------------------------------------------------------------------------------------------
-# Confinement: a read may be limited to some folders (ComfyUI's model folders), links included
-
-# The folders (resolved) the current read_checkpoint may open or list anything in; None: anywhere.
-_ALLOWED_ROOTS: ContextVar[tuple[Path, ...] | None] = ContextVar("allegro_allowed_roots", default=None)
-
-
-def is_inside(path, roots: Sequence[Path]) -> bool:
-    """Whether `path`, every link on the way resolved, is one of `roots` (resolved) or under one."""
-    real = Path(os.path.realpath(path))
-    return any(real == root or root in real.parents for root in roots)
-
-
-def _confine(path: Path) -> None:
-    roots = _ALLOWED_ROOTS.get()
-    if roots is not None and not is_inside(path, roots):
-        refuse_outside(path)
-
-
-def refuse_outside(path: Path):
-    # Named by the path the user's choice led to, never by where the link points.
-    raise CheckpointError(
-        f"{path} is (or goes through) a link that leads outside ComfyUI's model folders, so it is not read. "
-        "Add the folder it leads to to extra_model_paths.yaml (ComfyUI's way to use models kept elsewhere), "
-        "or put the file itself in the model folder instead of a link."
-    )
-
-
 def _check_is_file(path: Path, what: str = "weights file") -> None:
-    _confine(path)
+    confine(path)
     if not path.exists():
         raise CheckpointError(f"The {what} {path} does not exist. Check the path, or put the file there.")
     if path.is_dir():
@@ -214,7 +185,7 @@ def read_json(path: Path, what: str) -> dict:
 
 
 def _listing(folder: Path) -> str:
-    _confine(folder)
+    confine(folder)
     names = sorted(p.name + ("/" if p.is_dir() else "") for p in folder.iterdir())
     return ", ".join(names) if names else "nothing"
 
@@ -328,14 +299,14 @@ def find_component(root, name: str) -> Path:
     root = Path(root)
     if name not in COMPONENT_CLASSES:
         raise ValueError(f"Unknown component {name!r}; expected one of {', '.join(COMPONENT_CLASSES)}")
-    _confine(root)
+    confine(root)
     if not root.is_dir():
         what = "does not exist" if not root.exists() else "is a file"
         raise CheckpointError(f"{root} {what}; pick a diffusers-format model folder (with model_index.json) "
                               f"or its {name}/ folder.")
     candidate = root / name
     if candidate.is_dir() and _looks_like(candidate, name):
-        _confine(candidate)
+        confine(candidate)
         return candidate
     if (root / "model_index.json").is_file():
         index = read_json(root / "model_index.json", "model_index.json")
@@ -437,11 +408,8 @@ def read_checkpoint(path, component: str, device="cpu", inside: Sequence[Path] |
     """A hub folder (the pipeline folder or the component's own) or a single .safetensors / .gguf file.
     With `inside`, every file and folder opened or listed must resolve (links followed) into one
     of those folders; anything else is refused without being read or listed."""
-    token = _ALLOWED_ROOTS.set(None if inside is None else tuple(Path(os.path.realpath(r)) for r in inside))
-    try:
+    with confined_to(inside):
         return _read_checkpoint(Path(path), component, device)
-    finally:
-        _ALLOWED_ROOTS.reset(token)
 
 
 def _read_checkpoint(path: Path, component: str, device) -> Checkpoint:

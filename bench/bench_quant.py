@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from allegro.memory_plan import (ACTIVATION_WIDTHS, FORMATS, GB, RUNTIME_RESERVE, activation_bytes, plan, tokens,
+from allegro.memory_plan import (ACTIVATION_WIDTHS, GB, RUNTIME_RESERVE, activation_bytes, plan, tokens,
                                  weight_bytes)
 from bench import common
 from bench.bench_vae_decode import parse_size

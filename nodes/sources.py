@@ -15,7 +15,7 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 
 import folder_paths
 
-from ..allegro import checkpoints
+from ..allegro import checkpoints, confinement
 from ..allegro.config import COMPONENT_CLASSES
 
 DIFFUSERS_PREFIX = "diffusers/"
@@ -130,8 +130,8 @@ def resolve(choice: str, folder_kind: str) -> Path:
         raise FileNotFoundError(f"{choice[:200]!r} is not {kind} in ComfyUI's model folders (searched {bases}): "
                                 f"{where}.")
     path = found[0]
-    if not checkpoints.is_inside(path, roots):
-        checkpoints.refuse_outside(path)
+    if not confinement.is_inside(path, roots):
+        confinement.refuse_outside(path)
     return path
 
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from allegro import config as allegro_config
-from allegro.checkpoint_kinds import CheckpointError, identify_checkpoint
+from allegro.checkpoint_kinds import identify_checkpoint
 from allegro.checkpoints import read_checkpoint
 from allegro.quantization import FP8_SCALED, QuantizedWeight, storage_format
 from scripts.convert_weights import convert, main

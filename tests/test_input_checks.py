@@ -1,10 +1,7 @@
 """Bad input, round two, below the server: config ranges, weights of the wrong kind or with NaN, reads
 confined to the model folders, bounded schedules, numbers checked at the nodes, memory preflight on
 the memory actually available. (The same classes through /prompt: test_error_matrix.py.)"""
-import json
 import math
-import os
-from dataclasses import replace
 
 import pytest
 import torch
