@@ -8,10 +8,11 @@ from comfy_api.v0_0_2 import io
 
 from ..allegro.config import FRAME_RATE, TEMPORAL_FACTOR
 from ..allegro.vae_tiling import TileSettings
-from . import video_latent
+from . import comfy_vae, video_latent
 
 CATEGORY = "Allegro/vae"
 OWN_SIZE, OWN_OVERLAP = 0, -1          # widget values meaning "the VAE's own setting"
+TILINGS = ("reference", "auto")        # 'tiling' values: the tile widgets, or the largest tiles that fit free memory
 
 
 def allegro_vae(vae, node: str):
@@ -66,7 +67,12 @@ class AllegroVAEDecode(io.ComfyNode):
                         "into RIFE/FILM interpolation, upscalers, Video Combine or Create Video (use the fps output).",
             inputs=[io.Latent.Input("samples", tooltip="The sampled Allegro latent."),
                     io.Vae.Input("vae", tooltip="The Allegro VAE ('Load Allegro VAE')."),
-                    *tile_inputs()],
+                    *tile_inputs(),
+                    io.Combo.Input("tiling", options=list(TILINGS), default=TILINGS[0], optional=True,
+                                   tooltip="reference: the tiles set above (by default the VAE's own, as the "
+                                           "reference decodes). auto: the largest tiles that fit the memory free "
+                                           "now (VRAM on a GPU, RAM on CPU), spread evenly with the overlaps set "
+                                           "above: fewer tiles, faster, but not the reference's exact result.")],
             outputs=[io.Image.Output(display_name="frames", tooltip="The video frames [frames, height, width, 3], 0..1."),
                      io.Float.Output(display_name="fps", tooltip="Allegro's frame rate, 15: connect it to Create "
                                                                  "Video's fps or Video Combine's frame_rate (x2 after "
@@ -74,13 +80,16 @@ class AllegroVAEDecode(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, samples, vae, **tiles) -> io.NodeOutput:
+    def execute(cls, samples, vae, tiling=TILINGS[0], **tiles) -> io.NodeOutput:
         latent = samples["samples"]
         if not video_latent.is_video_latent(latent):
             raise ValueError(f"'Allegro VAE Decode' takes an Allegro video latent {video_latent.SHAPE} as 'samples'; "
                              f"got shape {list(latent.shape)}. Decode other models' latents with their own VAE.")
         vae = allegro_vae(vae, "Allegro VAE Decode")
-        frames = vae.decode_frames(latent, tiles_for(vae, **tiles))                 # [B, 4T', H, W, 3]
+        settings = tiles_for(vae, **tiles)
+        if tiling == "auto":
+            settings = comfy_vae.auto_tiles(vae, latent, overlap=settings)
+        frames = vae.decode_frames(latent, settings)                                 # [B, 4T', H, W, 3]
         frames = frames[:, :video_latent.video_frames(samples)]
         return io.NodeOutput(frames.reshape(-1, *frames.shape[2:]), FRAME_RATE)
 
