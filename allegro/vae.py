@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import VAEConfig
+from . import vae_cpu
 from .vae_blocks import MidBlock, ResampleBlock, frames_to_video, temporal_pointwise_conv, video_to_frames
 
 
@@ -80,6 +81,8 @@ class Decoder(nn.Module):
 
     def forward(self, latent):
         """[B, 4, t, h, w] (after post_quant_conv) → [B, 3, 4t, 8h, 8w], roughly in [-1, 1]."""
+        if vae_cpu.supported(latent) and all(vae_cpu.supported(p) for p in self.parameters()):
+            return vae_cpu.decode(self, latent)
         batch = latent.shape[0]
         x = per_frame(self.conv_in, latent)
         x = temporal_residual(self.temp_conv_in, x, self.reference_ops)

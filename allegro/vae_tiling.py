@@ -2,16 +2,22 @@
 
 The reference (diffusers and the original repo) decodes tiles of the VAE config's size (24 frames x
 320 x 320 pixels for the release, overlapping by 8 / 120 / 80, so placed every 16 frames / 200 rows /
-240 columns) and blends overlaps with linear ramps, but places no tile
-past the last whole stride, so the rest of the frame stays black unless (N-24)%16, (H-320)%200 and
-(W-320)%240 are all 0. Here the same grid is used and, where it stops short, one more tile is
-placed flush with the border (its ramps span its real overlap); an axis shorter than a tile gets
-one tile of that length. Blend weights are divided by their sum (separable per axis, so three
-small vectors), which is exactly 1 on the reference grid: results equal the reference there.
+240 columns) and blends overlaps with linear ramps, but places no tile past the last whole stride,
+so the rest of the frame stays black unless (N-24)%16, (H-320)%200 and (W-320)%240 are all 0. Here
+the same grid is used and, where it stops short, one shorter tile closes the gap: it reaches the
+border and overlaps the grid's last tile by the usual overlap, the least extra work that covers (a
+full tile flush with the border would decode up to a whole stride more). An axis shorter than a
+tile gets one tile of that length. Blend weights are divided by their sum (separable per axis, so
+three small vectors), which is exactly 1 on the reference grid: results equal the reference there.
+
+`TileSettings(spread=True)` places instead the fewest tiles of the given size that cover each axis
+with at least the given overlap, evenly spaced; `fit_tiles` chooses such tiles, the largest that fit
+a memory budget ("auto" tiles: fewer tiles, less overlap decoded twice, not the reference's result).
 
 Tiles are decoded one at a time and added into the output, so memory is one tile's activations
 plus the output itself, whatever the video length.
 """
+import math
 from dataclasses import dataclass
 from typing import Callable
 
@@ -31,6 +37,7 @@ class TileSettings:
     overlap_frames: int
     overlap_height: int
     overlap_width: int
+    spread: bool = False          # True: fewest tiles spaced evenly; False: the reference grid + a border tile
 
     @classmethod
     def from_config(cls, config: VAEConfig) -> "TileSettings":
@@ -59,16 +66,83 @@ class TileSettings:
                 (self.overlap_frames // temporal, self.overlap_height // spatial, self.overlap_width // spatial))
 
 
-def axis_tiles(size: int, tile: int, overlap: int) -> list[tuple[int, int]]:
-    """(start, length) of the tiles along one axis: the reference grid, plus a border-flush tile
-    where that grid stops short; one shorter tile when the axis is shorter than a tile."""
+def axis_tiles(size: int, tile: int, overlap: int, spread: bool = False) -> list[tuple[int, int]]:
+    """(start, length) of the tiles along one axis. Reference placement: a tile every tile - overlap
+    from 0 while it fits, then, if that grid stops short of the border, one shorter tile that reaches
+    the border and overlaps the grid's last tile by `overlap`. `spread`: the fewest tiles of length
+    `tile` that cover the axis with neighbours overlapping by at least `overlap`, evenly spaced.
+    One tile of the axis's length when it is not longer than a tile."""
     if size <= tile:
         return [(0, size)]
     stride = tile - overlap
-    starts = list(range(0, size - tile + 1, stride))
-    if starts[-1] + tile < size:
-        starts.append(size - tile)
-    return [(start, tile) for start in starts]
+    if spread:
+        count = 1 + -(-(size - tile) // stride)                       # ceil: the fewest that cover
+        return [(index * (size - tile) // (count - 1), tile) for index in range(count)]
+    tiles = [(start, tile) for start in range(0, size - tile + 1, stride)]
+    covered = tiles[-1][0] + tile
+    if covered < size:
+        length = size - covered + overlap                              # < tile: the gap is below a stride
+        tiles.append((size - length, length))
+    return tiles
+
+
+def decode_tile_bytes(config: VAEConfig, tile_latent, dtype_size: int) -> int:
+    """Peak bytes one tile's decode needs: at the output resolution the decoder holds two
+    activations as wide as the last upsampling block and one as wide as the output block (the
+    widest moment: the first ResNet of the last block, with its input, its normed input and its
+    first conv's output). Measured on CPU (bench_vae_decode --auto reports the peak)."""
+    t, h, w = tile_latent
+    pixels = t * config.temporal_factor * h * config.spatial_factor * w * config.spatial_factor
+    channels = config.block_out_channels                   # encoder order: [0] is the decoder's output block
+    return pixels * (2 * channels[min(1, len(channels) - 1)] + channels[0]) * dtype_size
+
+
+def _axis_options(size: int, overlap: int, smallest: int) -> list[tuple[int, int]]:
+    """(tile count, shortest tile that many cover the axis with) for counts 1, 2, ... while the tile
+    stays longer than `overlap` and at least `smallest`."""
+    options = [(1, size)]
+    for count in range(2, size + 1):
+        tile = -(-(size + (count - 1) * overlap) // count)
+        if tile <= overlap or tile < smallest:
+            break
+        if tile < options[-1][1]:
+            options.append((count, tile))
+    return options
+
+
+def fit_tiles(config: VAEConfig, latent_shape, budget_bytes: int, dtype_size: int,
+              overlap: "TileSettings | None" = None) -> "TileSettings":
+    """"auto" tiles for a latent of `latent_shape` (t, h, w): evenly spread tiles, overlapping by at
+    least the VAE's own overlaps (or `overlap`'s), whose decode fits `budget_bytes`, chosen to decode
+    the fewest latent voxels in all (larger tiles decode less overlap twice). Tiles are at least twice
+    their overlap (and 8 latent pixels a side); when even the smallest does not fit, the smallest."""
+    own = TileSettings.from_config(config) if overlap is None else overlap
+    _, overlaps = own.in_latent_units(config)
+    axes = [_axis_options(size, o, max(2 * o, floor)) for size, o, floor in zip(latent_shape, overlaps, (1, 8, 8))]
+    best = None
+    for count_t, tile_t in axes[0]:
+        for count_h, tile_h in axes[1]:
+            for count_w, tile_w in axes[2]:              # more columns of tiles: less memory, more work
+                if decode_tile_bytes(config, (tile_t, tile_h, tile_w), dtype_size) <= budget_bytes:
+                    work = (count_t * tile_t * count_h * tile_h * count_w * tile_w, count_t * count_h * count_w)
+                    if best is None or work < best[0]:
+                        best = (work, (tile_t, tile_h, tile_w))
+                    break
+    tile = best[1] if best is not None else tuple(axis[-1][1] for axis in axes)
+    temporal, spatial = config.temporal_factor, config.spatial_factor
+    return TileSettings(tile[0] * temporal, tile[1] * spatial, tile[2] * spatial,
+                        min(own.overlap_frames, (tile[0] - 1) * temporal), min(own.overlap_height, (tile[1] - 1) * spatial),
+                        min(own.overlap_width, (tile[2] - 1) * spatial), spread=True)
+
+
+def auto_tiles(config: VAEConfig, latent_shape, free_bytes: int, dtype_size: int,
+               overlap: "TileSettings | None" = None, output_in_same_memory: bool = True) -> "TileSettings":
+    """"auto" tiles given the memory free: `fit_tiles` for three quarters of it, less the decoded video
+    (float32) when that is kept in the same memory."""
+    pixels = math.prod(size * factor for size, factor in
+                       zip(latent_shape, (config.temporal_factor, config.spatial_factor, config.spatial_factor)))
+    budget = free_bytes * 3 // 4 - (pixels * config.out_channels * 4 if output_in_same_memory else 0)
+    return fit_tiles(config, latent_shape, budget, dtype_size, overlap)
 
 
 def axis_weights(tiles: list[tuple[int, int]], scale: int) -> list[torch.Tensor]:
@@ -98,8 +172,8 @@ class TiledPlan:
     sums: tuple
 
     @classmethod
-    def build(cls, sizes, tile, overlap, scales):
-        tiles = tuple(axis_tiles(s, t, o) for s, t, o in zip(sizes, tile, overlap))
+    def build(cls, sizes, tile, overlap, scales, spread: bool = False):
+        tiles = tuple(axis_tiles(s, t, o, spread) for s, t, o in zip(sizes, tile, overlap))
         weights = tuple(axis_weights(axis, scale) for axis, scale in zip(tiles, scales))
         sums = []
         for axis, axis_w, size, scale in zip(tiles, weights, sizes, scales):
@@ -146,7 +220,7 @@ def tiled_decode(vae: AllegroVAE, latent: torch.Tensor, tiles: TileSettings | No
     output_device = latent.device if output_device is None else output_device
     tile, overlap = tiles.in_latent_units(config)
     scales = (config.temporal_factor, config.spatial_factor, config.spatial_factor)
-    plan = TiledPlan.build(latent.shape[2:], tile, overlap, scales)
+    plan = TiledPlan.build(latent.shape[2:], tile, overlap, scales, tiles.spread)
     prepared = vae.prepare_latent(latent.to(device=device, dtype=vae.dtype))
     batch = latent.shape[0]
     shape = [batch, config.out_channels] + [size * scale for size, scale in zip(latent.shape[2:], scales)]
@@ -167,7 +241,7 @@ def _encode_plan(config: VAEConfig, tiles: TileSettings, pixel_sizes):
     tile, overlap = tiles.validate(config).in_latent_units(config)
     factors = (config.temporal_factor, config.spatial_factor, config.spatial_factor)
     latent_sizes = [size // factor for size, factor in zip(pixel_sizes, factors)]
-    return TiledPlan.build(latent_sizes, tile, overlap, (1, 1, 1)), factors
+    return TiledPlan.build(latent_sizes, tile, overlap, (1, 1, 1), tiles.spread), factors
 
 
 @torch.no_grad()

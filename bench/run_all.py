@@ -27,8 +27,8 @@ BENCHES = {
                 ["--size", "tiny", "--video", "8x64x64", "--steps", "3", "--reps", "1", "--warmup", "0"]),
     "step_cache": ("bench.bench_step_cache", [],
                    ["--size", "tiny", "--video", "8x64x64", "--steps", "8", "--reps", "1", "--warmup", "0"]),
+    # 40x520x560 (diffusers' grid complete), 40x368x640 (uneven) and 88x720x1280, with "auto" tiles
     "vae_decode": ("bench.bench_vae_decode", [], SMALL_VAE + ["--size", "24x240x320", "--reps", "1"]),
-    "vae_decode_uneven": ("bench.bench_vae_decode", ["--size", "40x480x640"], SMALL_VAE + ["--size", "24x240x320", "--reps", "1"]),
     "ti2v_encode": ("bench.bench_ti2v_encode", [], SMALL_VAE + ["--size", "24x240x240", "--modes", "first+last", "--reps", "1"]),
     "memory": ("bench.bench_memory", [], ["--size", "tiny", "--video", "8x64x64", "--modes", "classic-short", "cache-none"]),
     "weight_checks": ("bench.bench_weight_checks", [], ["--gib", "0.02", "--reps", "1"]),

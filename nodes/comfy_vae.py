@@ -13,6 +13,7 @@ import comfy.utils
 
 from ..allegro.config import RELEASE_VAE, VAEConfig
 from ..allegro.vae import AllegroVAE
+from ..allegro import vae_tiling
 from ..allegro.vae_tiling import TileSettings, encode_conditioning_video, tiled_decode, tiled_encode
 from . import comfy_compat
 
@@ -183,3 +184,14 @@ def build_vae(config: VAEConfig, state_dict: dict, dtype: torch.dtype, disable_d
                         "same hub folder samples at that scale; a model from elsewhere does not match it.",
                         config.scaling_factor, RELEASE_VAE.scaling_factor)
     return AllegroComfyVAE(model.to(dtype), dtype, disable_dynamic)
+
+
+def auto_tiles(vae: AllegroComfyVAE, latent: torch.Tensor, overlap: TileSettings) -> TileSettings:
+    """'auto' tiles for decoding `latent`: the largest (with `overlap`'s overlaps) whose decode fits the
+    memory free on the VAE's device once the VAE is loaded — free VRAM on a GPU, available RAM on CPU
+    (ComfyUI's own measure); the decoded video counts against it where it lands on the same device."""
+    mm.load_models_gpu([vae.patcher])
+    free = mm.get_free_memory(vae.device)
+    same_memory = torch.device(vae.output_device).type == torch.device(vae.device).type
+    return vae_tiling.auto_tiles(vae.config, tuple(latent.shape[2:]), free, mm.dtype_size(vae.vae_dtype), overlap,
+                                 output_in_same_memory=same_memory)

@@ -10,11 +10,12 @@ from comfy_api.v0_0_2 import io
 from ..allegro.config import FRAME_RATE, TEMPORAL_FACTOR
 from ..allegro.geometry import VideoSize
 from ..allegro.vae_tiling import TileSettings
-from . import checks, video_latent
+from . import checks, comfy_vae, video_latent
 from .memory import check_fits_in_memory
 
 CATEGORY = "Allegro/vae"
 OWN_SIZE, OWN_OVERLAP = 0, -1          # widget values meaning "the VAE's own setting"
+TILINGS = ("reference", "auto")        # 'tiling' values: the tile widgets, or the largest tiles that fit free memory
 
 
 def allegro_vae(vae, node: str):
@@ -91,7 +92,12 @@ class AllegroVAEDecode(io.ComfyNode):
                         "into RIFE/FILM interpolation, upscalers, Video Combine or Create Video (use the fps output).",
             inputs=[io.Latent.Input("samples", tooltip="The sampled Allegro latent."),
                     io.Vae.Input("vae", tooltip="The Allegro VAE ('Load Allegro VAE')."),
-                    *tile_inputs()],
+                    *tile_inputs(),
+                    io.Combo.Input("tiling", options=list(TILINGS), default=TILINGS[0], optional=True,
+                                   tooltip="reference: the tiles set above (by default the VAE's own, as the "
+                                           "reference decodes). auto: the largest tiles that fit the memory free "
+                                           "now (VRAM on a GPU, RAM on CPU), spread evenly with the overlaps set "
+                                           "above: fewer tiles, faster, but not the reference's exact result.")],
             outputs=[io.Image.Output(display_name="frames", tooltip="The video frames [frames, height, width, 3], 0..1."),
                      io.Float.Output(display_name="fps", tooltip="Allegro's frame rate, 15: connect it to Create "
                                                                  "Video's fps or Video Combine's frame_rate (x2 after "
@@ -99,7 +105,7 @@ class AllegroVAEDecode(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, samples, vae, **tiles) -> io.NodeOutput:
+    def execute(cls, samples, vae, tiling=TILINGS[0], **tiles) -> io.NodeOutput:
         latent = samples["samples"]
         if not video_latent.is_video_latent(latent):
             raise ValueError(f"'Allegro VAE Decode' takes an Allegro video latent {video_latent.SHAPE} as 'samples'; "
@@ -112,7 +118,13 @@ class AllegroVAEDecode(io.ComfyNode):
         batch, _, frames, height, width = latent.shape        # a latent from elsewhere skipped the latent node's check
         check_fits_in_memory(VideoSize(width * vae.config.spatial_factor, height * vae.config.spatial_factor,
                                        frames * vae.config.temporal_factor), batch)
-        frames = vae.decode_frames(latent, tiles_for(vae, **tiles))                 # [B, 4T', H, W, 3]
+        if tiling not in TILINGS:
+            raise ValueError(f"'Allegro VAE Decode' got tiling = {str(tiling)[:40]!r}: it must be one of "
+                             f"{', '.join(TILINGS)}.")
+        settings = tiles_for(vae, **tiles)
+        if tiling == "auto":
+            settings = comfy_vae.auto_tiles(vae, latent, overlap=settings)
+        frames = vae.decode_frames(latent, settings)                                 # [B, 4T', H, W, 3]
         check_vae_output(vae, frames, "decoded frames", latent)
         frames = frames[:, :video_latent.video_frames(samples)]
         return io.NodeOutput(frames.reshape(-1, *frames.shape[2:]), FRAME_RATE)

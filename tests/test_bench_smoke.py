@@ -55,10 +55,14 @@ def test_step_cache_bench(out_dir):
 
 def test_vae_decode_bench_has_no_holes(out_dir):
     out = run_quick("vae_decode", out_dir)
-    rows = {row[0]: row for row in table_rows(out)}
-    assert rows["ours"][-1] == "0.00%"
+    tables = [table_rows(block) for block in out.split("\n\n") if block.startswith("| ")]
+    (size, tiles, _, _, _, never_written, _), = tables[0]
+    assert size == "24x240x320" and tiles == "2 / 1"
     # 320 px wide with 240-px tiles: diffusers' grid stops at 240 px, leaving a quarter of every frame black.
-    assert float(rows["diffusers"][-1].rstrip("%")) == pytest.approx(25.0, abs=0.01)
+    ours, diffusers = (float(share.rstrip("%")) for share in never_written.split(" / "))
+    assert ours == 0 and diffusers == pytest.approx(25.0, abs=0.01)
+    (size, auto_tiles, *_, max_abs, psnr, _), = tables[1]          # auto tiles: the whole video fits in memory
+    assert auto_tiles == "1 of 24x240x320" and 0 <= float(max_abs) <= 2 and float(psnr) > 0
 
 
 def test_ti2v_encode_bench_shortcut_is_exact(out_dir):

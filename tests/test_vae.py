@@ -1,16 +1,20 @@
-"""The Allegro VAE equals diffusers' AutoencoderKLAllegro: same tensor names, same tile outputs, and
-the same tiled decode/encode wherever diffusers' tile grid is complete; elsewhere every pixel is
-decoded and seams are blended; the TI2V encode shortcut equals encoding the full black video."""
+"""The Allegro VAE equals diffusers' AutoencoderKLAllegro: same tensor names, same tile outputs (through
+the CPU executor and through the plain modules), and the same tiled decode/encode wherever diffusers'
+tile grid is complete; elsewhere every pixel is decoded, seams are blended and the border tiles are
+no longer than needed; "auto" tiles fit the memory budget; the TI2V encode shortcut equals encoding the
+full black video."""
 from dataclasses import replace
 
 import pytest
 import torch
 from diffusers import AutoencoderKLAllegro
 
+from allegro import vae_cpu
 from allegro.config import RELEASE_VAE, VAEConfig, vae_config_from_dict
 from allegro.vae import AllegroVAE
 from allegro.vae_blocks import conv3d, temporal_pointwise_conv
-from allegro.vae_tiling import TileSettings, axis_tiles, encode_conditioning_video, tiled_decode, tiled_encode
+from allegro.vae_tiling import (TiledPlan, TileSettings, auto_tiles, axis_tiles, decode_tile_bytes, encode_conditioning_video,
+                                fit_tiles, tiled_decode, tiled_encode)
 
 # Tiles of 240 px: diffusers hard-codes 120/80 px overlaps, and only with tiles of 240 px or more do
 # its blend ramps sum to 1 (with smaller tiles it over-weights overlaps by up to 8% — it never
@@ -28,6 +32,9 @@ def vaes():
     return reference, ours
 
 
+RELEASE_TILES = TileSettings.from_config(RELEASE_VAE)
+
+
 def relative_error(actual, expected):
     return ((actual - expected).abs().max() / expected.abs().max()).item()
 
@@ -40,14 +47,48 @@ def test_tensor_names_equal_diffusers_at_full_size():
     assert all(mine[k].shape == theirs[k].shape for k in mine)
 
 
-def test_single_tile_equals_diffusers(vaes):
+@pytest.mark.parametrize("executor", ["cpu", "modules"])
+def test_single_tile_equals_diffusers(vaes, executor, monkeypatch):
+    """The decoder through the channels-last CPU executor (what fp32 on CPU runs) and through the
+    plain modules (GPUs, bf16/fp16); a batch of two decodes each sample alike."""
     reference, ours = vaes
+    if executor == "modules":
+        monkeypatch.setattr(vae_cpu, "supported", lambda x: False)
     torch.manual_seed(1)
-    latent, video = torch.randn(1, 4, 6, 30, 30), torch.rand(1, 3, 24, 240, 240) * 2 - 1
+    latent, video = torch.randn(2, 4, 6, 30, 30), torch.rand(1, 3, 24, 240, 240) * 2 - 1
     with torch.no_grad():
         expected = reference.decoder(ours.prepare_latent(latent))
         assert relative_error(ours.decode_tile(ours.prepare_latent(latent)), expected) <= 1e-5
         assert relative_error(ours.encode_moments(video), reference.encoder(video)) <= 1e-5
+
+
+@pytest.mark.parametrize("per_frame,edges,mean", [(True, False, 0.5), (False, False, 0.5), (False, True, 0.5),
+                                                  (True, False, 40.0), (False, True, 40.0)])
+def test_cpu_group_norm_is_as_accurate_as_pytorchs(per_frame, edges, mean):
+    """The executor's channels-last GroupNorm + SiLU against float64, beside PyTorch's own GroupNorm on
+    the usual layout: per frame, over the video, over the video with its edge frames repeated (the
+    temporal layers' padded input), and with a mean 40x the spread (where Σx² - n·mean² would cancel)."""
+    torch.manual_seed(7)
+    frames, height, width, channels, groups = 5, 12, 16, 8, 4
+    norm = torch.nn.GroupNorm(groups, channels, eps=1e-6)
+    torch.nn.init.normal_(norm.weight), torch.nn.init.normal_(norm.bias)
+    video = torch.randn(1, frames, height, width, channels) + mean                    # cl video [1, T, H, W, C]
+    padded = torch.cat([video[:, :1], video, video[:, -1:]], dim=1) if edges else video
+    usual = padded.permute(0, 4, 1, 2, 3)                                              # [1, C, T', H, W]
+    if per_frame:
+        usual = usual[0].transpose(0, 1)                                               # [T, C, H, W]
+    with torch.no_grad():
+        exact = torch.nn.functional.silu(torch.nn.functional.group_norm(usual.double(), groups, norm.weight.double(),
+                                                                        norm.bias.double(), norm.eps))
+        pytorch = torch.nn.functional.silu(norm(usual.contiguous()))
+        ours = vae_cpu.group_norm(norm, video, per_frame=per_frame, silu=True, out=torch.empty_like(video), edges=edges)
+    ours = ours.permute(0, 4, 1, 2, 3)
+    if per_frame:
+        ours = ours[0].transpose(0, 1)
+    elif edges:
+        exact, pytorch = exact[:, :, 1:-1], pytorch[:, :, 1:-1]
+    pytorch_error = (pytorch.double() - exact).abs().max().item()
+    assert (ours.double() - exact).abs().max().item() <= max(2 * pytorch_error, 2e-6)
 
 
 @pytest.mark.slow
@@ -86,32 +127,90 @@ class OnesVAE:
         self.post_quant_conv = torch.nn.Conv2d(4, 4, 1)
         self.dtype = torch.float32
         self.decoded = 0
+        self.voxels = 0
 
     def prepare_latent(self, latent):
         return latent
 
     def decode_tile(self, latent):
         self.decoded += 1
+        self.voxels += latent[0, 0].numel()
         t, h, w = latent.shape[2:]
         return torch.ones(latent.shape[0], 3, 4 * t, 8 * h, 8 * w)
 
 
+RELEASE_TILE, RELEASE_OVERLAP = (6, 40, 40), (2, 15, 10)        # latent units
+
+
+@pytest.mark.parametrize("spread", [False, True])
 @pytest.mark.parametrize("latent_shape,reference_holes", [
     ((22, 90, 160), False),     # 88 x 720 x 1280: the reference grid is complete
+    ((10, 65, 70), False),      # 40 x 520 x 560: complete too
     ((22, 60, 104), True),      # 88 x 480 x 832
     ((10, 45, 80), True),       # 40 x 360 x 640
+    ((10, 46, 80), True),       # 40 x 368 x 640 (the 40x360P model's size)
     ((23, 46, 80), True),       # 92 x 368 x 640 (89 frames decode to 92)
     ((1, 9, 13), True),         # smaller than one tile in every axis
 ])
-def test_every_pixel_is_decoded_at_every_size(latent_shape, reference_holes):
+def test_every_pixel_is_decoded_at_every_size(latent_shape, reference_holes, spread):
     vae = OnesVAE()
+    tiles = replace(RELEASE_TILES, spread=spread)
     with torch.no_grad():
-        video = tiled_decode(vae, torch.zeros(1, 4, *latent_shape))
+        video = tiled_decode(vae, torch.zeros(1, 4, *latent_shape), tiles)
     assert video.shape == (1, 3, 4 * latent_shape[0], 8 * latent_shape[1], 8 * latent_shape[2])
     assert torch.allclose(video, torch.ones_like(video), atol=1e-6)
     complete = all(len(axis_tiles(size, tile, overlap)) == (size - tile) // (tile - overlap) + 1 and (size - tile) % (tile - overlap) == 0
-                   for size, tile, overlap in zip(latent_shape, (6, 40, 40), (2, 15, 10)) if size > tile)
+                   for size, tile, overlap in zip(latent_shape, RELEASE_TILE, RELEASE_OVERLAP) if size > tile)
     assert complete is not reference_holes or min(latent_shape) < 6
+
+
+def test_border_tiles_decode_no_more_than_needed():
+    """Where the reference grid stops short, one tile closes the gap, overlapping the grid's last tile
+    by the usual overlap (not a whole tile flush with the border); complete grids are the reference's."""
+    assert axis_tiles(46, 40, 15) == [(0, 40), (25, 21)]                 # 368 px: 6 rows past the grid
+    assert axis_tiles(80, 40, 10) == [(0, 40), (30, 40), (60, 20)]        # 640 px: 10 columns past it
+    assert axis_tiles(90, 40, 15) == [(0, 40), (25, 40), (50, 40)]        # 720 px: complete, the reference's
+    assert axis_tiles(23, 6, 2) == [(0, 6), (4, 6), (8, 6), (12, 6), (16, 6), (20, 3)]
+    assert axis_tiles(80, 40, 10, spread=True) == [(0, 40), (20, 40), (40, 40)]   # fewest tiles, spread evenly
+    assert axis_tiles(30, 40, 10, spread=True) == [(0, 30)]
+    # 40 x 368 x 640: the voxels decoded, against diffusers' 4 whole tiles (which leave 24% black).
+    vae = OnesVAE()
+    with torch.no_grad():
+        tiled_decode(vae, torch.zeros(1, 4, 10, 46, 80))
+    diffusers = 2 * 1 * 2 * 6 * 40 * 40
+    assert vae.decoded == 12 and vae.voxels == 2 * 6 * (40 + 21) * (40 + 40 + 20)
+    assert vae.voxels / diffusers < 1.95                     # a full border tile per axis: 3.0
+
+
+def test_auto_tiles_fit_the_budget_and_decode_less():
+    shape = (22, 90, 160)                                                       # 88 x 720 x 1280
+    own_voxels = decoded_voxels(shape, RELEASE_TILES)
+    previous = None
+    for gib in (2, 4, 8, 32, 256):
+        budget = int(gib * 2 ** 30)
+        tiles = fit_tiles(RELEASE_VAE, shape, budget, 4)
+        tile, overlap = tiles.in_latent_units(RELEASE_VAE)
+        assert tiles.spread and overlap == RELEASE_OVERLAP
+        assert decode_tile_bytes(RELEASE_VAE, tile, 4) <= budget
+        voxels = decoded_voxels(shape, tiles)
+        assert previous is None or voxels <= previous                # more memory: never more work
+        previous = voxels
+    assert tile == shape and voxels < own_voxels / 2.2              # everything fits: one tile, no overlap
+    assert decode_tile_bytes(RELEASE_VAE, (6, 40, 40), 4) == 24 * 320 * 320 * (2 * 256 + 128) * 4
+    # free memory less the decoded video and a quarter in reserve; nothing fits: the smallest tiles
+    free = 16 * 2 ** 30
+    video = 88 * 720 * 1280 * 3 * 4
+    assert auto_tiles(RELEASE_VAE, shape, free, 4) == fit_tiles(RELEASE_VAE, shape, free * 3 // 4 - video, 4)
+    assert auto_tiles(RELEASE_VAE, shape, free, 4, output_in_same_memory=False) == fit_tiles(RELEASE_VAE, shape, free * 3 // 4, 4)
+    smallest = fit_tiles(RELEASE_VAE, shape, 1, 4)
+    assert (smallest.frames, smallest.height, smallest.width) == (16, 240, 160)   # tiles at least twice their overlap
+
+
+def decoded_voxels(shape, tiles: TileSettings) -> int:
+    tile, overlap = tiles.in_latent_units(RELEASE_VAE)
+    plan = TiledPlan.build(shape, tile, overlap, (1, 1, 1), tiles.spread)
+    axes = [sum(length for _, length in axis) for axis in plan.tiles]
+    return axes[0] * axes[1] * axes[2]
 
 
 @pytest.mark.slow
@@ -199,9 +298,6 @@ def test_progress_and_cancel_between_tiles():
     with pytest.raises(Cancelled), torch.no_grad():
         tiled_decode(vae, torch.zeros(1, 4, 10, 45, 80), should_stop=stop_after_three)
     assert vae.decoded == 3
-
-
-RELEASE_TILES = TileSettings.from_config(RELEASE_VAE)
 
 
 @pytest.mark.parametrize("settings,message", [
