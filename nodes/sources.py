@@ -140,6 +140,9 @@ def check_choice(value, choices: list[str], folder_kind: str, kinds: str = ".saf
     ComfyUI's "Value not in list", which says "(list of length N)" once the list is long.)"""
     if value is None or value in choices:      # None: linked from another node, checked when it runs
         return True
+    # Choices of the kind the value names (a hub folder or a file) first: those are the likely fix.
+    folder_like = str(value).startswith(DIFFUSERS_PREFIX)
+    choices = sorted(choices, key=lambda choice: choice.startswith(DIFFUSERS_PREFIX) != folder_like)
     shown = ", ".join(choices[:12]) + (f", … ({len(choices)} in all)" if len(choices) > 12 else "")
     suffix = Path(str(value)).suffix.lower()
     if suffix in checkpoints.PICKLE_SUFFIXES:
