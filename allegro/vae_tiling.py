@@ -4,10 +4,11 @@ The reference (diffusers and the original repo) decodes tiles of the VAE config'
 320 x 320 pixels for the release, overlapping by 8 / 120 / 80, so placed every 16 frames / 200 rows /
 240 columns) and blends overlaps with linear ramps, but places no tile past the last whole stride,
 so the rest of the frame stays black unless (N-24)%16, (H-320)%200 and (W-320)%240 are all 0. Here
-the same grid is used and, where it stops short, one shorter tile closes the gap: it reaches the
-border and overlaps the grid's last tile by the usual overlap, the least extra work that covers (a
-full tile flush with the border would decode up to a whole stride more). An axis shorter than a
-tile gets one tile of that length. Blend weights are divided by their sum (separable per axis, so
+the same grid is used and, where it stops short, the gap is closed with the least extra work: a gap
+no longer than the overlap by making the grid's last tile that much longer (no tile more; a tile's
+memory grows by at most overlap / tile on that axis), a longer gap by one shorter tile that reaches
+the border and overlaps the grid's last tile by the usual overlap (a full tile flush with the border
+would decode up to a whole stride more). An axis shorter than a tile gets one tile of that length. Blend weights are divided by their sum (separable per axis, so
 three small vectors), which is exactly 1 on the reference grid: results equal the reference there.
 
 `TileSettings(spread=True)` places instead the fewest tiles of the given size that cover each axis
@@ -68,8 +69,9 @@ class TileSettings:
 
 def axis_tiles(size: int, tile: int, overlap: int, spread: bool = False) -> list[tuple[int, int]]:
     """(start, length) of the tiles along one axis. Reference placement: a tile every tile - overlap
-    from 0 while it fits, then, if that grid stops short of the border, one shorter tile that reaches
-    the border and overlaps the grid's last tile by `overlap`. `spread`: the fewest tiles of length
+    from 0 while it fits; where that grid stops short of the border, a gap no longer than `overlap` is
+    taken by the grid's last tile (longer by the gap: fewer, larger tiles cost least per pixel), a
+    longer one by one shorter tile that reaches the border and overlaps the last tile by `overlap`. `spread`: the fewest tiles of length
     `tile` that cover the axis with neighbours overlapping by at least `overlap`, evenly spaced.
     One tile of the axis's length when it is not longer than a tile."""
     if size <= tile:
@@ -80,8 +82,11 @@ def axis_tiles(size: int, tile: int, overlap: int, spread: bool = False) -> list
         return [(index * (size - tile) // (count - 1), tile) for index in range(count)]
     tiles = [(start, tile) for start in range(0, size - tile + 1, stride)]
     covered = tiles[-1][0] + tile
-    if covered < size:
-        length = size - covered + overlap                              # < tile: the gap is below a stride
+    gap = size - covered
+    if 0 < gap <= overlap:                 # the last tile reaches the border: no tile more, at most `overlap` longer
+        tiles[-1] = (tiles[-1][0], tile + gap)
+    elif gap > overlap:
+        length = gap + overlap                                         # < tile: the gap is below a stride
         tiles.append((size - length, length))
     return tiles
 

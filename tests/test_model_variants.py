@@ -211,8 +211,9 @@ def test_the_dit_reads_the_40_frame_models_rope_scales():
 def test_368x640_decodes_every_pixel_where_diffusers_leaves_23_9_percent_black(ours, reference):
     """diffusers places 320-px tiles every 200 rows / 240 columns and nothing past the last whole stride:
     rows 320..367 and columns 560..639 stay exactly 0 (black before the 0..1 mapping), 23.9% of each frame.
-    Ours decodes them; where only diffusers' own tiles reach (rows < 48, columns < 320: our border tiles
-    start at row 48 and column 320) the two decodes are the same."""
+    Ours decodes them: the grid's last tiles reach the border (48 rows, 80 columns longer, each gap no
+    longer than the overlap), so the tile covering the top left sees more of the frame than diffusers'
+    (its GroupNorm statistics and mid-block attention span it): the same picture there, not the same bits."""
     _, frames, _ = ours
     _, raw = reference
     assert frames.shape == (FRAMES, HEIGHT, WIDTH, 3) and raw.shape == (FRAMES, 3, HEIGHT, WIDTH)
@@ -227,4 +228,4 @@ def test_368x640_decodes_every_pixel_where_diffusers_leaves_23_9_percent_black(o
     assert grey[:, hole].float().mean() < 1e-3                              # ours: decoded there too
     assert frames[:, hole].std() > 0.05
     difference = (frames[:, :48, :320] - reference_frames[:, :48, :320]).abs().max().item()
-    assert difference <= 1e-4, difference
+    assert difference <= 0.03, difference                                   # measured 0.016 (random weights)

@@ -165,12 +165,15 @@ def test_every_pixel_is_decoded_at_every_size(latent_shape, reference_holes, spr
 
 
 def test_border_tiles_decode_no_more_than_needed():
-    """Where the reference grid stops short, one tile closes the gap, overlapping the grid's last tile
-    by the usual overlap (not a whole tile flush with the border); complete grids are the reference's."""
-    assert axis_tiles(46, 40, 15) == [(0, 40), (25, 21)]                 # 368 px: 6 rows past the grid
-    assert axis_tiles(80, 40, 10) == [(0, 40), (30, 40), (60, 20)]        # 640 px: 10 columns past it
+    """Where the reference grid stops short, a gap up to the overlap lengthens the grid's last tile, a
+    longer one gets one tile that closes it, overlapping the grid's last tile by the usual overlap (not a
+    whole tile flush with the border); complete grids are the reference's."""
+    assert axis_tiles(46, 40, 15) == [(0, 46)]                           # 368 px: 6 rows past the grid
+    assert axis_tiles(80, 40, 10) == [(0, 40), (30, 50)]                  # 640 px: 10 columns past it
+    assert axis_tiles(60, 40, 10) == [(0, 40), (30, 30)]                  # 20 past it: more than the overlap
     assert axis_tiles(90, 40, 15) == [(0, 40), (25, 40), (50, 40)]        # 720 px: complete, the reference's
-    assert axis_tiles(23, 6, 2) == [(0, 6), (4, 6), (8, 6), (12, 6), (16, 6), (20, 3)]
+    assert axis_tiles(23, 6, 2) == [(0, 6), (4, 6), (8, 6), (12, 6), (16, 7)]
+    assert axis_tiles(25, 6, 2) == [(0, 6), (4, 6), (8, 6), (12, 6), (16, 6), (20, 5)]
     assert axis_tiles(80, 40, 10, spread=True) == [(0, 40), (20, 40), (40, 40)]   # fewest tiles, spread evenly
     assert axis_tiles(30, 40, 10, spread=True) == [(0, 30)]
     # 40 x 368 x 640: the voxels decoded, against diffusers' 4 whole tiles (which leave 24% black).
@@ -178,8 +181,8 @@ def test_border_tiles_decode_no_more_than_needed():
     with torch.no_grad():
         tiled_decode(vae, torch.zeros(1, 4, 10, 46, 80))
     diffusers = 2 * 1 * 2 * 6 * 40 * 40
-    assert vae.decoded == 12 and vae.voxels == 2 * 6 * (40 + 21) * (40 + 40 + 20)
-    assert vae.voxels / diffusers < 1.95                     # a full border tile per axis: 3.0
+    assert vae.decoded == 4 and vae.voxels == 2 * 6 * 46 * (40 + 50)
+    assert vae.voxels / diffusers < 1.3                      # a full border tile per axis: 3.0
 
 
 def test_auto_tiles_fit_the_budget_and_decode_less():
@@ -285,7 +288,7 @@ def test_progress_and_cancel_between_tiles():
     vae = OnesVAE()
     seen = []
     with torch.no_grad():
-        tiled_decode(vae, torch.zeros(1, 4, 10, 45, 80), progress=lambda done, total: seen.append((done, total)))
+        tiled_decode(vae, torch.zeros(1, 4, 10, 60, 100), progress=lambda done, total: seen.append((done, total)))
     assert seen[0] == (0, 12) and seen[-1] == (12, 12) and len(seen) == 13
 
     class Cancelled(Exception):
@@ -296,7 +299,7 @@ def test_progress_and_cancel_between_tiles():
             raise Cancelled
     vae.decoded = 0
     with pytest.raises(Cancelled), torch.no_grad():
-        tiled_decode(vae, torch.zeros(1, 4, 10, 45, 80), should_stop=stop_after_three)
+        tiled_decode(vae, torch.zeros(1, 4, 10, 60, 100), should_stop=stop_after_three)
     assert vae.decoded == 3
 
 

@@ -10,7 +10,7 @@ from allegro.vae_tiling import TiledPlan, decode_tile_bytes
 
 DECODE = "AllegroVideo_VAEDecode"
 VAE_FILE = "allegro_tiny_vae.safetensors"
-FRAMES, HEIGHT, WIDTH = 24, 240, 320          # latent 6 x 30 x 40: the tiny VAE's 240-px tiles cover it with 2
+FRAMES, HEIGHT, WIDTH = 24, 240, 320          # latent 6 x 30 x 40
 
 
 @pytest.fixture
@@ -42,13 +42,14 @@ def test_tiling_widget_is_optional_and_defaults_to_the_reference(comfy):
 def test_auto_tiles_decode_the_whole_video_when_it_fits(comfy, tiny_models, decode_spy):
     used, _ = decode_spy
     vae = comfy.call("AllegroVideo_VAELoader", vae_name=VAE_FILE, dtype="fp32")[0]
-    latent = torch.randn(1, 4, FRAMES // 4, HEIGHT // 8, WIDTH // 8, generator=torch.Generator().manual_seed(3))
+    wide = 384                                   # latent width 48: the 240-px grid stops 18 short (> the overlap)
+    latent = torch.randn(1, 4, FRAMES // 4, HEIGHT // 8, wide // 8, generator=torch.Generator().manual_seed(3))
     frames, _fps = comfy.call(DECODE, samples={"samples": latent}, vae=vae, tiling="auto")
     assert tile_count(vae, latent.shape[2:], used[-1]) == 1 and used[-1].spread
     with torch.no_grad():
         whole = vae.first_stage_model.decode_tile(vae.first_stage_model.prepare_latent(latent))
     expected = vae.process_output(whole)[0].movedim(0, -1)                      # [T, H, W, 3]
-    assert frames.shape == (FRAMES, HEIGHT, WIDTH, 3)
+    assert frames.shape == (FRAMES, HEIGHT, wide, 3)
     assert (frames - expected).abs().max().item() <= 1e-5
     reference, _ = comfy.call(DECODE, samples={"samples": latent}, vae=vae)      # old graphs: no 'tiling' input
     assert tile_count(vae, latent.shape[2:], used[-1]) == 2 and not used[-1].spread
