@@ -105,7 +105,7 @@ CASES = [
     # Pickles: never offered, never opened, however they are named or wherever they are.
     Case(".ckpt pickle in diffusion_models", dit_file("evil.ckpt"), "load",
          ("model_name", f"{PREFIX}evil.ckpt", "PyTorch pickle", "never", ".safetensors", "Available:",
-          "diffusers/Allegro-tiny"), good_dit, validation=True),
+          "allegro_tiny_t2v.safetensors"), good_dit, validation=True),
     Case(".pt pickle in vae", lambda s: loader("AllegroVideo_VAELoader", f"{PREFIX}evil.pt"), "load",
          ("vae_name", f"{PREFIX}evil.pt", "PyTorch pickle", "never", ".safetensors", "Available:",
           "allegro_tiny_vae.safetensors"),
