@@ -119,7 +119,7 @@ def test_the_server_runs_multi_gpu_graphs_survives_a_dead_worker_and_ends_its_wo
     # Stopping the server ends its workers.
     server.events.stop()
     server.stop()
-    deadline = time.monotonic() + 60                               # a worker notices a gone rank 0 at its next wait
+    deadline = time.monotonic() + 60                               # the workers end on their own once rank 0 is gone
     while time.monotonic() < deadline and any(Path(f"/proc/{pid}").exists() and not zombie(pid) for pid in second):
         time.sleep(0.2)
     assert not any(Path(f"/proc/{pid}").exists() and not zombie(pid) for pid in second)
