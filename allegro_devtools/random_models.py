@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from .runtime import comfyui_dir
+from .runtime import t5_tokenizer_dir
 
 
 @dataclass(frozen=True)
@@ -165,7 +165,7 @@ def write_pipeline(root: Path, write_transformer, vae, text_encoder, model_index
     vae.save_pretrained(root / "vae", safe_serialization=True)
     save_text_encoder(text_encoder, root / "text_encoder", sharded_text_encoder)
     (root / "tokenizer").mkdir()
-    source = comfyui_dir() / "comfy" / "text_encoders" / "t5_tokenizer"
+    source = t5_tokenizer_dir()
     for name in TOKENIZER_FILES:
         shutil.copy2(source / name, root / "tokenizer" / name)
     EulerAncestralDiscreteScheduler().save_config(root / "scheduler")

@@ -20,6 +20,11 @@ def comfyui_dir() -> Path:
     return path
 
 
+def t5_tokenizer_dir() -> Path:
+    """The T5 tokenizer that ships inside ComfyUI (the one Allegro's text encoder uses)."""
+    return comfyui_dir() / "comfy" / "text_encoders" / "t5_tokenizer"
+
+
 def prepare_base_dir(base: Path) -> Path:
     """Lay out a ComfyUI --base-directory: this package linked into custom_nodes/, empty model folders."""
     base = Path(base)

@@ -8,7 +8,7 @@ shape (the size the cleaner always reads whole), with ComfyUI's own T5 tokenizer
 import argparse
 
 from allegro.prompt import prepare_for_t5
-from allegro_devtools.runtime import comfyui_dir
+from allegro_devtools.runtime import t5_tokenizer_dir
 from bench.timing import alternate, markdown_table, median, report
 
 # Shapes that made the old cleaner quadratic, and plain English.
@@ -24,7 +24,7 @@ SHORT_CHARS = 2000
 def t5_tokenizer():
     """ComfyUI's bundled T5 tokenizer (the one the Allegro text encoder uses)."""
     from transformers import AutoTokenizer
-    return AutoTokenizer.from_pretrained(comfyui_dir() / "comfy" / "text_encoders" / "t5_tokenizer")
+    return AutoTokenizer.from_pretrained(t5_tokenizer_dir())
 
 
 def main():

@@ -147,9 +147,9 @@ def test_keep_cjk_ideographs_follows_the_original_pipeline():
 
 @pytest.fixture(scope="module")
 def t5_tokenizer():
-    from allegro_devtools.runtime import comfyui_dir
+    from allegro_devtools.runtime import t5_tokenizer_dir
     from transformers import AutoTokenizer
-    return AutoTokenizer.from_pretrained(comfyui_dir() / "comfy" / "text_encoders" / "t5_tokenizer")
+    return AutoTokenizer.from_pretrained(t5_tokenizer_dir())
 
 
 def test_tokenize_for_t5_equals_hf_padding_and_truncation(t5_tokenizer):
