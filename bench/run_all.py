@@ -33,6 +33,7 @@ BENCHES = {
     "memory": ("bench.bench_memory", [], ["--size", "tiny", "--video", "8x64x64", "--modes", "classic-short", "cache-none"]),
     "weight_checks": ("bench.bench_weight_checks", [], ["--gib", "0.02", "--reps", "1"]),
     "prompt_cleaning": ("bench.bench_prompt_cleaning", [], ["--mib", "0.05", "--reps", "1", "--shapes", "broken markup"]),
+    "regex_rules": ("bench.bench_regex_rules", [], ["--chars", "2000", "--reps", "1"]),
     "quant": ("bench.bench_quant", ["--layers", "4", "--video", "8x128x128"], ["--layers", "2", "--video", "8x64x64", "--formats", "Q4_K", "fp8_scaled"]),
 }
 MARK = "<!-- bench:{} -->"

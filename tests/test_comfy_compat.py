@@ -4,6 +4,7 @@ package the way those releases do (their constructor defaults, their keywords, t
 their patcher class), as read from their sources (nodes/comfy_compat.py)."""
 import pytest
 import torch
+from numerics import assert_relative
 
 pytestmark = pytest.mark.slow
 
@@ -81,9 +82,9 @@ def test_encode_takes_not_video_as_newer_comfyui_passes_it(comfy, tiny_models):
     as_images = vae.encode(images, not_video=True)            # each image a one-frame video
     assert as_images.shape == (3, 4, 1, 8, 8)
     for index in range(3):
-        assert torch.allclose(as_images[index:index + 1], vae.encode(images[index:index + 1]), atol=1e-5)
+        assert_relative(as_images[index:index + 1], vae.encode(images[index:index + 1]), 1e-5, "batch vs one")
     tiled = vae.encode_tiled(images, tile_x=64, tile_y=64, overlap=16, tile_t=8, overlap_t=4, not_video=True)
-    assert torch.allclose(tiled, as_images, atol=1e-5)
+    assert_relative(tiled, as_images, 1e-5, "tiled")
     assert vae.encode_tiled(images, tile_x=64, tile_y=64, overlap=16).shape == (1, 4, 1, 8, 8)
 
 
@@ -115,7 +116,8 @@ def test_models_use_the_core_patcher_class_and_load_weights_for_it(comfy, tiny_m
     reference = load_model(comfy)
     with torch.no_grad():
         expected = reference.model.apply_model(x, torch.tensor([5.0]), c_crossattn=context)
-        assert torch.equal(model.model.apply_model(x, torch.tensor([5.0]), c_crossattn=context), expected)
+        # Other memory (file-mapped vs copied) can pick other kernels: close, not bit-equal.
+        assert_relative(model.model.apply_model(x, torch.tensor([5.0]), c_crossattn=context), expected, 1e-6)
 
 
 def test_dynamic_patchers_keep_the_state_dicts_tensors(comfy, tiny_models):
@@ -148,7 +150,7 @@ def test_cached_patcher_init_rebuilds_the_model_from_its_files(comfy, tiny_model
         assert rebuilt.model.state_dict().keys() == patcher.model.state_dict().keys()
         assert rebuilt.cached_patcher_init == patcher.cached_patcher_init
         with torch.no_grad():
-            assert torch.equal(rebuilt.model.diffusion_model(x, torch.tensor([500.0]), context), expected)
+            assert_relative(rebuilt.model.diffusion_model(x, torch.tensor([500.0]), context), expected, 1e-6)
 
 
 def test_vae_patcher_factory_rebuilds_the_vae(comfy, tiny_models):

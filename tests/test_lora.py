@@ -6,6 +6,7 @@ and two stacked LoRAs; the patched model computes as a model loaded with the mer
 import pytest
 import torch
 from safetensors.torch import save_file
+from numerics import assert_measured, norm_relative
 
 pytestmark = pytest.mark.slow
 
@@ -104,7 +105,7 @@ def test_every_format_equals_the_merged_weights(comfy, base, lora_files, layout,
     expected = merged(weights, (loras[which], strength))
     got = patched_weights(comfy, load_allegro_lora(comfy, patcher, names[which, layout], strength))
     assert got.keys() == expected.keys()
-    assert relative_error(got, expected) <= 1e-4
+    assert_measured(relative_error(got, expected), 1e-4)
     # Untouched layers stay as they were.
     untouched = [k for k in weights if not any(k == f"diffusion_model.{m}.weight" for m in TARGETS)]
     assert all(torch.equal(got[k], weights[k]) for k in untouched)
@@ -115,7 +116,7 @@ def test_core_lora_loader_reads_comfy_and_kohya_keys(comfy, base, lora_files, la
     patcher, weights = base
     loras, names = lora_files
     got = patched_weights(comfy, load_core_lora(comfy, patcher, names["first", layout], 0.8))
-    assert relative_error(got, merged(weights, (loras["first"], 0.8))) <= 1e-4
+    assert_measured(relative_error(got, merged(weights, (loras["first"], 0.8))), 1e-4)
 
 
 def test_two_stacked_loras_add_up(comfy, base, lora_files):
@@ -124,10 +125,10 @@ def test_two_stacked_loras_add_up(comfy, base, lora_files):
     once = load_allegro_lora(comfy, patcher, names["first", "transformer."], 0.7)
     twice = load_allegro_lora(comfy, once, names["second", "kohya"], -0.4)
     expected = merged(weights, (loras["first"], 0.7), (loras["second"], -0.4))
-    assert relative_error(patched_weights(comfy, twice), expected) <= 1e-4
+    assert_measured(relative_error(patched_weights(comfy, twice), expected), 1e-4, "two Allegro loaders")
     # Core's loader stacks on the package's (both patch through ComfyUI): the same sum.
     mixed = load_core_lora(comfy, load_allegro_lora(comfy, patcher, names["first", ""], 0.7), names["second", "comfy"], -0.4)
-    assert relative_error(patched_weights(comfy, mixed), expected) <= 1e-4
+    assert_measured(relative_error(patched_weights(comfy, mixed), expected), 1e-4, "Allegro then core loader")
     # Each node returns a new model: the input model is unchanged.
     assert relative_error(patched_weights(comfy, patcher), weights) == 0.0
 
@@ -147,7 +148,7 @@ def test_patched_model_computes_as_the_merged_model(comfy, base, lora_files):
         model_management.load_models_gpu([with_lora])
         actual = with_lora.model.apply_model(x, sigma, c_crossattn=context)
     model_management.unload_all_models()
-    assert ((actual - expected).norm() / expected.norm()).item() <= 1e-5
+    assert_measured(norm_relative(actual, expected), 1e-5)
     plain = patcher.model
     model_management.load_models_gpu([patcher])
     with torch.no_grad():

@@ -12,6 +12,7 @@ import json
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
+from numerics import assert_measured, assert_relative, norm_relative
 
 pytestmark = pytest.mark.slow
 
@@ -80,10 +81,9 @@ def test_stock_cliploader_t5_equals_the_diffusers_folder_t5(comfy, tiny_xxl_conf
                                                                   zip(native, same_dtype, fp32)):
         assert ours.shape == theirs.shape and ours.shape[1] == 512
         assert torch.equal(ours_extra["attention_mask"], theirs_extra["attention_mask"])
-        assert torch.allclose(ours.float(), theirs.float(), atol=1e-6, rtol=1e-6)
+        assert_relative(ours.float(), theirs.float(), 1e-6, "native vs folder loader")
         # fp16 weight storage vs fp32: about fp16's rounding (2^-11 relative) through two T5 blocks.
-        relative = ((ours.float() - exact.float()).norm() / exact.float().norm()).item()
-        assert relative < 2e-3, relative
+        assert_measured(norm_relative(ours, exact), 2e-3, "fp16 vs fp32 (norm)")
     mask = native[0][0][1]["attention_mask"]
     assert 0 < int(mask.sum()) < 512                         # the prompt's tokens, then masked padding
 

@@ -19,6 +19,7 @@ from allegro.rope import RotaryEmbedding3D
 from allegro.schedule import linspace_schedule, timestep_at, training_sigmas
 from allegro.transformer import AllegroTransformer3D
 from allegro_devtools.runtime import REPO_ROOT
+from numerics import norm_relative, record
 
 # The release's 24 heads (so 2, 3, 4, 6 and 8 ranks split them), 6 wide, two blocks.
 CONFIG = TransformerConfig(num_layers=2, num_attention_heads=24, attention_head_dim=6, cross_attention_dim=144,
@@ -78,7 +79,10 @@ def sample(model, runner=None, steps=3, batch=1, ti2v=False, cfg=7.5) -> torch.T
 
 
 def relative(a, b) -> float:
-    return ((a - b).norm() / b.norm()).item()
+    """‖a − b‖ / ‖b‖, recorded for the spread table (tests/numerics.py)."""
+    value = norm_relative(a, b)
+    record(value, "norm")
+    return value
 
 
 def start(cfg, seq, **kwargs) -> RankGroup:

@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 
 from error_matrix_support import T2V, TI2V, empty_video, t2v, ti2v
+from numerics import norm_relative, record
 
 pytestmark = pytest.mark.slow
 
@@ -56,7 +57,10 @@ def sampled(comfy, graph) -> torch.Tensor:
 
 
 def relative(a, b) -> float:
-    return ((a - b).norm() / b.norm()).item()
+    """‖a − b‖ / ‖b‖, recorded for the spread table (tests/numerics.py)."""
+    value = norm_relative(a, b)
+    record(value, "norm")
+    return value
 
 
 @pytest.fixture(scope="module")

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from bench.bench_regex_rules import HOSTILE_UNITS, hostile
 from allegro.prompt import (
     NEGATIVE_PROMPT, POSITIVE_TEMPLATE, T5Tokens, apply_template, clean_caption, preprocess_prompt, tokenize_for_t5,
 )
@@ -205,41 +206,7 @@ def test_linear_rules_equal_the_reference_on_url_number_and_word_shapes(referenc
     assert not mismatches, "first mismatches (input, ours, diffusers):\n" + "\n".join(map(repr, mismatches[:5]))
 
 
-HOSTILE_UNITS = {"many URLs": "https://example.com/a-b/c.jpg ", "bare domains": "a.b.c.d.e.com/", "many dashes": "-",
-                 "words and dashes": "a-", "a run without spaces": "a", "a run of digits": "1", "dots": "a.",
-                 "digits then x": "1x", "whitespace": " ", "nested HTML": "<div><b>", "unclosed tags": "<a\n",
-                 "unclosed comments": "<!--", "markup the cleaner deletes": "<a.png\n", "emoji": "🦊"}
 ONE_MB = 1 << 20
-
-
-def hostile(unit: str, length: int) -> str:
-    return (unit * (length // len(unit) + 1))[:length]
-
-
-def step_seconds(step, text: str) -> float:
-    best = float("inf")
-    for _ in range(3):
-        start = time.perf_counter()
-        step(text)
-        best = min(best, time.perf_counter() - start)
-    return best
-
-
-@pytest.mark.slow
-def test_every_regex_rule_is_linear():
-    """Each rule but the HTML parser (Python's own, bounded by the window instead), timed side by side on
-    8x longer hostile text: a linear rule takes about 8x as long, a quadratic one 64x."""
-    from allegro import prompt
-    steps = [s for s in (*prompt._BEFORE_CJK, prompt._DROP_ALL_CJK, *prompt._AFTER_CJK)
-             if s not in (prompt._strip_html, prompt._fix_encoding)]
-    worst = []
-    for name, unit in HOSTILE_UNITS.items():
-        short, long = hostile(unit, 16_000), hostile(unit, 128_000)
-        for index, step in enumerate(steps):
-            ratio = step_seconds(step, long) / max(step_seconds(step, short), 1e-4)
-            worst.append((ratio, name, index))
-    worst.sort(reverse=True)
-    assert worst[0][0] < 30, f"super-linear rules (time ratio, text, step index): {worst[:5]}"
 
 
 def test_a_megabyte_prompt_reads_a_bounded_prefix(t5_tokenizer):

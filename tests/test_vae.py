@@ -13,6 +13,7 @@ from allegro import vae_cpu
 from allegro.config import RELEASE_VAE, VAEConfig, vae_config_from_dict
 from allegro.vae import AllegroVAE
 from allegro.vae_blocks import conv3d, temporal_pointwise_conv
+from numerics import assert_measured, assert_relative
 from allegro.vae_tiling import (TiledPlan, TileSettings, auto_tiles, axis_tiles, decode_tile_bytes, encode_conditioning_video,
                                 fit_tiles, tiled_decode, tiled_encode)
 
@@ -35,10 +36,6 @@ def vaes():
 RELEASE_TILES = TileSettings.from_config(RELEASE_VAE)
 
 
-def relative_error(actual, expected):
-    return ((actual - expected).abs().max() / expected.abs().max()).item()
-
-
 def test_tensor_names_equal_diffusers_at_full_size():
     with torch.device("meta"):
         reference, ours = AutoencoderKLAllegro(), AllegroVAE(VAEConfig())
@@ -58,8 +55,8 @@ def test_single_tile_equals_diffusers(vaes, executor, monkeypatch):
     latent, video = torch.randn(2, 4, 6, 30, 30), torch.rand(1, 3, 24, 240, 240) * 2 - 1
     with torch.no_grad():
         expected = reference.decoder(ours.prepare_latent(latent))
-        assert relative_error(ours.decode_tile(ours.prepare_latent(latent)), expected) <= 1e-5
-        assert relative_error(ours.encode_moments(video), reference.encoder(video)) <= 1e-5
+        assert_relative(ours.decode_tile(ours.prepare_latent(latent)), expected, 1e-5, "decode")
+        assert_relative(ours.encode_moments(video), reference.encoder(video), 1e-5, "encode")
 
 
 @pytest.mark.parametrize("per_frame,edges,mean", [(True, False, 0.5), (False, False, 0.5), (False, True, 0.5),
@@ -88,7 +85,7 @@ def test_cpu_group_norm_is_as_accurate_as_pytorchs(per_frame, edges, mean):
     elif edges:
         exact, pytorch = exact[:, :, 1:-1], pytorch[:, :, 1:-1]
     pytorch_error = (pytorch.double() - exact).abs().max().item()
-    assert (ours.double() - exact).abs().max().item() <= max(2 * pytorch_error, 2e-6)
+    assert_measured((ours.double() - exact).abs().max().item(), max(2 * pytorch_error, 2e-6), "abs error vs float64")
 
 
 @pytest.mark.slow
@@ -101,9 +98,9 @@ def test_tiled_decode_and_encode_equal_diffusers_where_its_grid_is_complete(vaes
     with torch.no_grad():
         expected = reference.decode(latent).sample.permute(0, 2, 1, 3, 4)
         assert (expected != 0).float().mean() > 0.999                      # a real reference, no holes
-        assert relative_error(tiled_decode(ours, latent), expected) <= 1e-5
+        assert_relative(tiled_decode(ours, latent), expected, 1e-5, "decode")
         video = torch.rand(1, 3, 40, 360, 400) * 2 - 1
-        assert relative_error(tiled_encode(ours, video), reference.encode(video).latent_dist.mean) <= 1e-5
+        assert_relative(tiled_encode(ours, video), reference.encode(video).latent_dist.mean, 1e-5, "encode")
 
 
 def test_kernels_equal_plain_convolutions():
@@ -111,12 +108,13 @@ def test_kernels_equal_plain_convolutions():
     x = torch.randn(2, 6, 9, 7, 5)
     conv = torch.nn.Conv3d(6, 4, (3, 1, 1))
     with torch.no_grad():
-        assert torch.allclose(temporal_pointwise_conv(x, conv.weight, conv.bias), conv(x), atol=1e-5)
+        assert_relative(temporal_pointwise_conv(x, conv.weight, conv.bias), conv(x), 1e-5, "temporal")
         zero_padded = torch.nn.Conv3d(6, 4, (3, 1, 1), padding=(1, 0, 0))
         zero_padded.load_state_dict(conv.state_dict())
-        assert torch.allclose(temporal_pointwise_conv(x, conv.weight, conv.bias, zero_padded=True), zero_padded(x), atol=1e-5)
+        assert_relative(temporal_pointwise_conv(x, conv.weight, conv.bias, zero_padded=True), zero_padded(x), 1e-5,
+                        "temporal zero-padded")
         spatial = torch.nn.Conv3d(6, 6, (3, 3, 3), padding=(0, 1, 1))
-        assert torch.allclose(conv3d(spatial, x), spatial(x), atol=1e-5)
+        assert_relative(conv3d(spatial, x), spatial(x), 1e-5, "spatial")
 
 
 class OnesVAE:
@@ -279,7 +277,7 @@ def test_conditioning_shortcut_equals_encoding_the_whole_black_video(vaes, given
             full = reference.encode(video).latent_dist.mean
     finally:
         ours.encode_moments = original
-    assert relative_error(shortcut, full) <= 1e-5
+    assert_relative(shortcut, full, 1e-5)
     # 2 temporal x 6 spatial tiles; with one given frame the second temporal row is all black: one encode.
     assert len(calls) == (6 + 1 if given == [0] else 12)
 
