@@ -71,18 +71,29 @@ def perflow_timesteps(steps: int, config: PeRFlowConfig) -> torch.Tensor:
         # The reference quietly raises the count to the window count; say so instead.
         raise ValueError(f"PeRFlow needs at least one step per window: {steps} steps for {windows} windows. "
                          f"Use {windows} steps or more.")
+    timesteps = truncated_times(steps, config)
+    if repeats(timesteps):
+        # Too many steps per window: truncation repeats a timestep (a zero-length step).
+        fewer = next((n for n in range(steps - 1, windows - 1, -1) if not repeats(truncated_times(n, config))), None)
+        advice = f"Use at most {fewer} steps." if fewer else "Use fewer windows."
+        raise ValueError(f"{steps} PeRFlow steps over {windows} windows repeat timesteps (a window spans "
+                         f"{config.num_train_timesteps / windows:g} training steps). {advice}")
+    return torch.from_numpy(timesteps)
+
+
+def truncated_times(steps: int, config: PeRFlowConfig) -> np.ndarray:
+    """The reference's timesteps [steps] int64 without checks: each window's evenly spaced times
+    (numpy float64, as the reference) times num_train_timesteps, truncated."""
+    windows = config.num_windows
     starts, ends = window_edges(config)
     counts = [steps // windows + (1 if i < steps % windows else 0) for i in range(windows)]
     times = np.concatenate([np.linspace(start, end, num=count, endpoint=False)
                             for start, end, count in zip(starts, ends, counts)])
-    timesteps = (times * config.num_train_timesteps).astype(np.int64)
-    if np.any(np.diff(timesteps) >= 0):
-        # Too many steps per window: truncation repeats a timestep (a zero-length step).
-        per_window = config.num_train_timesteps // windows
-        raise ValueError(f"{steps} PeRFlow steps over {windows} windows repeat timesteps (a window spans "
-                         f"{config.num_train_timesteps / windows:g} training steps). Use at most about "
-                         f"{per_window * windows // 2} steps.")
-    return torch.from_numpy(timesteps)
+    return (times * config.num_train_timesteps).astype(np.int64)
+
+
+def repeats(timesteps: np.ndarray) -> bool:
+    return bool(np.any(np.diff(timesteps) >= 0))
 
 
 class PeRFlow:
