@@ -2,7 +2,8 @@
 on the tiny Allegro model: the DiT gets the reference's timesteps (1000, 875, ...) and, on the first
 call, the start noise unscaled; every later input, and the result, is the PeRFlow step
 (allegro/perflow.py, itself checked against the reference in tests/test_perflow.py) of the previous
-input with the DiT's own output. The model's own sampling is back in place afterwards.
+input with the DiT's own output. The model's own sampling is back in place afterwards, and a run
+split with SplitSigmas (second half without noise) ends where the whole run does (same tolerance).
 
 Measured spread of the replayed states against the ComfyUI run (fp32, 6 steps, cfg 1, states up to
 ~660 in magnitude with the random tiny weights): at most 6.1e-5 absolute (one float32 step at that
