@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 NUM_TRAIN_TIMESTEPS = 1000
+BETA_START, BETA_END = 1e-4, 2e-2        # linear betas of Allegro's DDPM training schedule
 # The longest schedule built: ten times the training timesteps (a longer one only revisits the same
 # 1000 noise levels), the same cap as ComfyUI's own steps widget.
 MAX_SCHEDULE_STEPS = 10_000
@@ -36,12 +37,18 @@ def schedule_length(steps: int, denoise: float) -> int:
     return int(total)
 
 
-def training_sigmas(num_train_timesteps: int = NUM_TRAIN_TIMESTEPS, beta_start: float = 1e-4,
-                    beta_end: float = 2e-2) -> torch.Tensor:
-    """sigma_t = sqrt((1 - alpha_bar_t) / alpha_bar_t), increasing, [num_train_timesteps] float32.
-    Computed in float32 as the reference does (float64 would shift the table by ~1e-6)."""
+def training_alphas_cumprod(num_train_timesteps: int = NUM_TRAIN_TIMESTEPS, beta_start: float = BETA_START,
+                            beta_end: float = BETA_END) -> torch.Tensor:
+    """alpha_bar_t, the signal fraction left at each training timestep, decreasing, [num_train_timesteps]
+    float32. Computed in float32 as the reference does (float64 would shift the table by ~1e-6)."""
     betas = torch.linspace(beta_start, beta_end, num_train_timesteps, dtype=torch.float32)
-    alphas_cumprod = torch.cumprod(1.0 - betas, dim=0)
+    return torch.cumprod(1.0 - betas, dim=0)
+
+
+def training_sigmas(num_train_timesteps: int = NUM_TRAIN_TIMESTEPS, beta_start: float = BETA_START,
+                    beta_end: float = BETA_END) -> torch.Tensor:
+    """sigma_t = sqrt((1 - alpha_bar_t) / alpha_bar_t), increasing, [num_train_timesteps] float32."""
+    alphas_cumprod = training_alphas_cumprod(num_train_timesteps, beta_start, beta_end)
     return ((1 - alphas_cumprod) / alphas_cumprod) ** 0.5
 
 

@@ -12,6 +12,7 @@ from .loaders import AllegroModelLoader, AllegroT5Loader, AllegroVAELoader
 from .lora import AllegroLoraLoader
 from .previews import keep_runtime_preview_setting
 from .parallel import AllegroMultiGPU
+from .perflow import AllegroPeRFlowSampler
 from .sampler import AllegroSampler
 from .step_cache import AllegroStepCache
 from .text_encode import AllegroTextEncode
@@ -24,6 +25,7 @@ NODES: list[type[io.ComfyNode]] = [
     AllegroModelLoader, AllegroVAELoader, AllegroT5Loader, AllegroTextEncode, AllegroEmptyLatentVideo,
     AllegroSampler, AllegroVAEDecode, AllegroVAEEncode, AllegroTI2VConditioning, AllegroStepCache,
     AllegroLoraLoader,
+    AllegroPeRFlowSampler,
     AllegroTI2VKeyframes, AllegroTI2VContinue, AllegroJoinClips, AllegroMultiGPU, AllegroBlockSwap,
 ]
 # The ids this package used before the prefix (version 0.1): ComfyUI versions with node replacement
