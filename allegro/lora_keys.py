@@ -16,6 +16,8 @@ Pure: no ComfyUI imports.
 """
 from collections.abc import Iterable, Mapping
 
+from .quoting import quote
+
 COMFY_PREFIX = "diffusion_model."
 DOTTED_PREFIXES = (COMFY_PREFIX, "transformer.", "base_model.model.", "")
 KOHYA_PREFIXES = ("lora_unet_", "lora_transformer_")
@@ -60,6 +62,6 @@ def to_comfy_layout(lora: Mapping, modules: Iterable[str]) -> tuple[dict, list[s
         module, part = found
         name = f"{COMFY_PREFIX}{module}.{part}"
         if name in renamed:
-            raise ValueError(f"The LoRA holds {module}.{part} twice (as {key!r} and another name): it mixes formats.")
+            raise ValueError(f"The LoRA holds {module}.{part} twice (as {quote(key)} and another name): it mixes formats.")
         renamed[name] = tensor
     return renamed, unmatched

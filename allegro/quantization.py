@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import torch
 
 from . import gguf_quants
+from .quoting import quote
 
 GGUF_FORMATS = tuple(gguf_quants.FORMATS)          # Q8_0, Q4_K, Q5_K, Q6_K
 FP8_SCALED = "fp8_scaled"
@@ -89,7 +90,7 @@ def storage_format(name: str, shape, target: str, source_dtype: torch.dtype = to
     """What tensor `name` of `shape` is stored as in a `target` file: the target itself, or
     "F32" / "F16" / "BF16" (GGUF floats; a scaled-fp8 file keeps these tensors in the source dtype)."""
     if target not in TARGETS:
-        raise ValueError(f"Unknown quantisation {target!r}; choose one of {', '.join(TARGETS)}")
+        raise ValueError(f"Unknown quantisation {quote(target)}; choose one of {', '.join(TARGETS)}")
     numel = 1
     for size in shape:
         numel *= size

@@ -9,11 +9,8 @@ import math
 
 import torch
 
+from ..allegro.quoting import quote
 from ..allegro.tensor_checks import all_finite, non_finite_count
-
-
-def _show(value) -> str:
-    return repr(value) if not isinstance(value, str) else repr(value[:80])
 
 
 def finite_number(node: str, name: str, value, low: float | None = None, high: float | None = None) -> float:
@@ -23,7 +20,7 @@ def finite_number(node: str, name: str, value, low: float | None = None, high: f
         return float(value)
     bounds = (f" from {low:g} to {high:g}" if low is not None and high is not None else
               f" of at least {low:g}" if low is not None else f" of at most {high:g}" if high is not None else "")
-    raise ValueError(f"'{node}' got {name} = {_show(value)}: it must be a finite number{bounds} (NaN and infinity "
+    raise ValueError(f"'{node}' got {name} = {quote(value)}: it must be a finite number{bounds} (NaN and infinity "
                      "are not). Set it in the node, or fix the node that feeds it.")
 
 
@@ -36,7 +33,7 @@ def whole_number(node: str, name: str, value, low: int | None = None, high: int 
         return value
     bounds = (f" from {low} to {high}" if low is not None and high is not None else
               f" of at least {low}" if low is not None else f" of at most {high}" if high is not None else "")
-    raise ValueError(f"'{node}' got {name} = {_show(value)}: it must be a whole number{bounds}. Set it in the node, "
+    raise ValueError(f"'{node}' got {name} = {quote(value)}: it must be a whole number{bounds}. Set it in the node, "
                      "or fix the node that feeds it.")
 
 

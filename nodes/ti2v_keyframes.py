@@ -7,6 +7,7 @@ widget to edit, and negative indices counted from the end like the reference's [
 from comfy_api.v0_0_2 import io
 
 from ..allegro.ti2v import continuation_frames, parse_frame_indices, resolve_frame_indices
+from ..allegro.quoting import quote
 from .latent import size_inputs
 from .ti2v import CATEGORY, image_conditioning, resize_input, single_image, ti2v_outputs
 
@@ -21,7 +22,7 @@ def keyframes(images, indices: str, length: int) -> dict:
     wanted = parse_frame_indices(indices)
     if len(wanted) != images.shape[0]:
         raise ValueError(f"images holds {images.shape[0]} image(s) but indices lists {len(wanted)} frame(s) "
-                         f"({indices.strip()!r}): give exactly one frame index per image, in the batch's order.")
+                         f"({quote(indices.strip())}): give exactly one frame index per image, in the batch's order.")
     return dict(zip(resolve_frame_indices(wanted, length), images))
 
 

@@ -9,6 +9,7 @@ from comfy_api.v0_0_2 import io
 
 from ..allegro.config import FRAME_RATE, TEMPORAL_FACTOR
 from ..allegro.geometry import VideoSize
+from ..allegro.quoting import quote
 from ..allegro.vae_tiling import TileSettings
 from . import checks, comfy_vae, video_latent
 from .memory import check_fits_in_memory
@@ -119,7 +120,7 @@ class AllegroVAEDecode(io.ComfyNode):
         check_fits_in_memory(VideoSize(width * vae.config.spatial_factor, height * vae.config.spatial_factor,
                                        frames * vae.config.temporal_factor), batch)
         if tiling not in TILINGS:
-            raise ValueError(f"'Allegro VAE Decode' got tiling = {str(tiling)[:40]!r}: it must be one of "
+            raise ValueError(f"'Allegro VAE Decode' got tiling = {quote(tiling)}: it must be one of "
                              f"{', '.join(TILINGS)}.")
         settings = tiles_for(vae, **tiles)
         if tiling == "auto":
