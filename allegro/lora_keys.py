@@ -48,6 +48,43 @@ def split_key(key: str, modules: set[str], kohya_names: Mapping[str, str]) -> tu
     return None
 
 
+# Adapter parts whose shape follows the layer's weight [out, in, …]: (axis of the part, axis of the weight).
+SHAPED_PARTS = {"lora_up": (0, 0), "lora_B": (0, 0), "lora_down": (1, 1), "lora_A": (1, 1)}
+
+
+def shape_misfits(renamed: Mapping, weight_shapes: Mapping[str, tuple]) -> dict[str, tuple[tuple, tuple]]:
+    """{name: (tensor's shape, layer weight's shape)} of the renamed LoRA tensors (to_comfy_layout's) that
+    cannot patch their layer: a LoRA made for another width names the same layers with other sizes.
+    `weight_shapes`: {<module>.weight: shape} of the model (without the ComfyUI prefix)."""
+    misfits = {}
+    for name, tensor in renamed.items():
+        module_part = name[len(COMFY_PREFIX):]
+        for module in _prefixes(module_part):
+            weight = weight_shapes.get(f"{module}.weight")
+            if weight is None:
+                continue
+            part = module_part[len(module) + 1:]
+            shape = tuple(tensor.shape)
+            axes = SHAPED_PARTS.get(part.split(".")[0])
+            if part.split(".")[0] == "diff":
+                fits = shape == tuple(weight)
+            elif axes is not None:
+                fits = len(shape) > axes[0] and len(weight) > axes[1] and shape[axes[0]] == weight[axes[1]]
+            else:
+                fits = True                   # alpha, dora_scale, LoHa/LoKr factors: ComfyUI checks these itself
+            if not fits:
+                misfits[name] = (shape, tuple(weight))
+            break
+    return misfits
+
+
+def _prefixes(name: str):
+    """'a.b.c.d' → 'a.b.c', 'a.b', 'a' (the longest module path first)."""
+    segments = name.split(".")
+    for cut in range(len(segments) - 1, 0, -1):
+        yield ".".join(segments[:cut])
+
+
 def to_comfy_layout(lora: Mapping, modules: Iterable[str]) -> tuple[dict, list[str]]:
     """(tensors renamed to diffusion_model.<module>.<part>, names that match no module of the model).
     `modules`: the DiT's module paths (module_names of its state dict)."""

@@ -37,6 +37,29 @@ def whole_number(node: str, name: str, value, low: int | None = None, high: int 
                      "or fix the node that feeds it.")
 
 
+IMAGE_SHAPE = "[images, height, width, channels]"
+IMAGE_CHANNELS = (1, 3, 4)          # grey, RGB, RGBA: what ComfyUI's image nodes make
+
+
+def image(node: str, name: str, value, what: str = "an IMAGE") -> torch.Tensor:
+    """`value` if it is an IMAGE batch [images, height, width, channels] with at least one image of at
+    least one pixel, in grey, RGB or RGBA; else ValueError naming the input and the shape it had."""
+    if not isinstance(value, torch.Tensor) or value.ndim != 4 or not value.is_floating_point():
+        got = (f"a {value.dtype} tensor of shape {list(value.shape)}" if isinstance(value, torch.Tensor) else
+               f"{type(value).__name__} {quote(value)}")
+        raise ValueError(f"'{node}' needs {what} {IMAGE_SHAPE} (floats 0..1) as '{name}'; got {got}. Connect an "
+                         "IMAGE output (Load Image, a VAE decode) to it.")
+    empty = [f"{axis} 0" for axis, size in zip(("images", "height", "width"), value.shape) if size == 0]
+    if empty:
+        raise ValueError(f"'{node}' got an empty IMAGE as '{name}' (shape {list(value.shape)}: {', '.join(empty)}): "
+                         "there is nothing to use. Check the node that made it (a crop, resize or batch selection "
+                         "that left no pixels or no images).")
+    if value.shape[-1] not in IMAGE_CHANNELS:
+        raise ValueError(f"'{node}' got an IMAGE with {value.shape[-1]} channels as '{name}' (shape "
+                         f"{list(value.shape)}); images have 1 (grey), 3 (RGB) or 4 (RGBA) channels.")
+    return value
+
+
 def is_finite(tensor) -> bool:
     return not isinstance(tensor, torch.Tensor) or not tensor.is_floating_point() or all_finite(tensor)
 

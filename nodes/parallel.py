@@ -18,6 +18,7 @@ from comfy_api.v0_0_2 import io
 import comfy.model_management
 import comfy.ops
 
+from ..allegro.devices import parse_device
 from ..allegro.parallel import Cancelled, ParallelLayout
 from ..allegro.parallel_pool import RankGroup
 
@@ -114,7 +115,8 @@ def worker_devices(spec: str, rank0: torch.device, world: int) -> list[str]:
     empty for the next GPUs after ComfyUI's (CPU processes when ComfyUI runs on the CPU)."""
     wanted = world - 1
     if spec.strip():
-        others = [str(torch.device(part.strip())) for part in spec.split(",") if part.strip()]
+        others = [str(parse_device(part, "Allegro Multi-GPU: 'devices' names")) for part in spec.split(",")
+                  if part.strip()]
         if len(others) != wanted:
             raise ValueError(f"Allegro Multi-GPU: 'devices' lists {len(others)} device(s) but {world} GPUs need "
                              f"{wanted} besides ComfyUI's {rank0}; list exactly {wanted} (e.g. "

@@ -187,6 +187,9 @@ def check_latent(samples: torch.Tensor):
                          f"shaped {list(samples.shape)}"
                          + (" (an image latent)" if samples.ndim == 4 else "") + ". Use 'Allegro Empty Latent Video', "
                          "the TI2V node's latent or 'Allegro VAE Encode'.")
+    if video_latent.empty_axes(samples):
+        raise ValueError(f"The 'latent' input is empty (shape {list(samples.shape)}: {video_latent.empty_axes(samples)}): "
+                         "there is nothing to sample. Check the node that made it.")
     if samples.shape[-1] % PATCH_SIZE or samples.shape[-2] % PATCH_SIZE:
         raise ValueError(f"The latent's height and width ({samples.shape[-2]}x{samples.shape[-1]}) must be "
                          f"multiples of {PATCH_SIZE} (video sides a multiple of 16 pixels).")

@@ -111,6 +111,10 @@ class AllegroVAEDecode(io.ComfyNode):
         if not video_latent.is_video_latent(latent):
             raise ValueError(f"'Allegro VAE Decode' takes an Allegro video latent {video_latent.SHAPE} as 'samples'; "
                              f"got shape {list(latent.shape)}. Decode other models' latents with their own VAE.")
+        if video_latent.empty_axes(latent):
+            raise ValueError(f"'Allegro VAE Decode' got an empty latent (shape {list(latent.shape)}: "
+                             f"{video_latent.empty_axes(latent)}): there is nothing to decode. Check the node that made "
+                             "it (a latent cut or batch selection that kept no frames).")
         vae = allegro_vae(vae, "Allegro VAE Decode")
         tiles = checked_tiles("Allegro VAE Decode", tiles)
         if not checks.is_finite(latent):
@@ -152,10 +156,13 @@ class AllegroVAEEncode(io.ComfyNode):
 
     @classmethod
     def execute(cls, frames, vae, **tiles) -> io.NodeOutput:
-        if frames.ndim != 4 or frames.shape[0] < 1:
-            raise ValueError(f"'Allegro VAE Encode' needs video frames [frames, height, width, channels]; got "
-                             f"shape {list(frames.shape)}.")
+        checks.image("Allegro VAE Encode", "frames", frames, "video frames")
         vae = allegro_vae(vae, "Allegro VAE Encode")
+        smallest = vae.config.spatial_factor
+        if min(frames.shape[1:3]) < smallest:
+            raise ValueError(f"'Allegro VAE Encode' got frames of {frames.shape[2]}x{frames.shape[1]} pixels; the VAE "
+                             f"needs at least {smallest}x{smallest} (it makes one latent pixel of {smallest}x{smallest}; "
+                             "the sampler needs sides a multiple of 16). Resize the frames first.")
         tiles = checked_tiles("Allegro VAE Encode", tiles)
         if not checks.is_finite(frames):
             raise ValueError(f"The frames to encode hold {checks.count_non_finite(frames)}: the node that made them "
