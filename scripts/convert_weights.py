@@ -120,12 +120,14 @@ def report_unquantised(weights: dict, quant: str, source, log) -> None:
     lengths = ", ".join(str(n) for n in sorted({shape[-1] for shape in misfits.values()}))
     candidates = len(block_weights(shapes))
     if len(misfits) == candidates:
-        fitting = [name for name in TARGETS if name == FP8_SCALED or
-                   all(shape[-1] % GGUF_BLOCKS[name][0] == 0 for shape in misfits.values())]
+        left = {name: len(rows_not_in_blocks(shapes, name)) for name in TARGETS}
+        fully = [name for name, count in left.items() if count == 0]
+        partly = [name for name, count in left.items() if 0 < count < candidates]
         raise CheckpointError(
             f"{source}: {quant} stores rows in blocks of {block} values, but none of the model's {candidates} "
             f"block weights has such rows (their rows are {lengths} values long), so the file would not be "
-            f"quantised at all. Nothing was written. Use {' or '.join(fitting)} for this model.")
+            f"quantised at all. Nothing was written. Use {' or '.join(fully)} for this model"
+            + (f", or {' / '.join(partly)}, which quantise only part of them." if partly else "."))
     examples = ", ".join(sorted(misfits)[:4])
     log(f"kept unquantised (16-bit): {len(misfits)} of the {candidates} block weights, whose rows ({lengths} values) "
         f"are not whole {quant} blocks of {block}, e.g. {examples}")
