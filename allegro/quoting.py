@@ -13,7 +13,7 @@ def quote(value, limit: int = QUOTE_LIMIT) -> str:
     anything else: its repr's). Huge integers are not turned into digits at all (Python refuses
     ints of over 4300 digits)."""
     if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 3 * limit:
-        return f"an integer of about {int(value.bit_length() * 0.30103)} digits"
+        return f"an integer of about {int(value.bit_length() * 0.30103) + 1} digits"
     if isinstance(value, str):
         if len(value) <= limit:
             return repr(value)
