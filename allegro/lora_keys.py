@@ -52,30 +52,30 @@ def split_key(key: str, modules: set[str], kohya_names: Mapping[str, str]) -> tu
 SHAPED_PARTS = {"lora_up": (0, 0), "lora_B": (0, 0), "lora_down": (1, 1), "lora_A": (1, 1)}
 
 
-def shape_misfits(renamed: Mapping, weight_shapes: Mapping[str, tuple]) -> dict[str, tuple[tuple, tuple]]:
-    """{name: (tensor's shape, layer weight's shape)} of the renamed LoRA tensors (to_comfy_layout's) that
-    cannot patch their layer: a LoRA made for another width names the same layers with other sizes.
-    `weight_shapes`: {<module>.weight: shape} of the model (without the ComfyUI prefix)."""
-    misfits = {}
+def shape_misfits(renamed: Mapping, weight_shapes: Mapping[str, tuple]) -> dict[str, tuple[str, tuple, tuple]]:
+    """{name: (part, its shape, the layer weight's shape)} for the renamed LoRA tensors (to_comfy_layout's)
+    of every layer the LoRA cannot patch: a LoRA made for another width names the same layers with other
+    sizes. All of such a layer's tensors are left out (its alpha too); `part` is the tensor that does not
+    fit. `weight_shapes`: {<module>.weight: shape} of the model (without the ComfyUI prefix)."""
+    modules, wrong = {}, {}
     for name, tensor in renamed.items():
         module_part = name[len(COMFY_PREFIX):]
-        for module in _prefixes(module_part):
-            weight = weight_shapes.get(f"{module}.weight")
-            if weight is None:
-                continue
-            part = module_part[len(module) + 1:]
-            shape = tuple(tensor.shape)
-            axes = SHAPED_PARTS.get(part.split(".")[0])
-            if part.split(".")[0] == "diff":
-                fits = shape == tuple(weight)
-            elif axes is not None:
-                fits = len(shape) > axes[0] and len(weight) > axes[1] and shape[axes[0]] == weight[axes[1]]
-            else:
-                fits = True                   # alpha, dora_scale, LoHa/LoKr factors: ComfyUI checks these itself
-            if not fits:
-                misfits[name] = (shape, tuple(weight))
-            break
-    return misfits
+        module = next((m for m in _prefixes(module_part) if f"{m}.weight" in weight_shapes), None)
+        if module is None:
+            continue
+        modules[name] = module
+        weight, part, shape = tuple(weight_shapes[f"{module}.weight"]), module_part[len(module) + 1:], tuple(tensor.shape)
+        kind = part.split(".")[0]
+        axes = SHAPED_PARTS.get(kind)
+        if kind == "diff":
+            fits = shape == weight
+        elif axes is not None:
+            fits = len(shape) > axes[0] and len(weight) > axes[1] and shape[axes[0]] == weight[axes[1]]
+        else:
+            fits = True                   # alpha, dora_scale, LoHa/LoKr factors: ComfyUI checks these itself
+        if not fits and module not in wrong:
+            wrong[module] = (module_part, shape, weight)
+    return {name: wrong[module] for name, module in modules.items() if module in wrong}
 
 
 def _prefixes(name: str):

@@ -41,9 +41,9 @@ def apply_lora(model, lora: dict, strength: float, name: str):
     applied = {key: value for key, value in renamed.items() if key not in misfits}
     wrong_size = ""
     if misfits:
-        example, (found, weight) = next(iter(misfits.items()))
+        part, found, weight = next(iter(misfits.values()))
         wrong_size = (f"{len(misfits)} name a layer of this model but have other sizes (e.g. "
-                      f"{quote(example[len(COMFY_PREFIX):])} is {list(found)} for a layer of {list(weight)})")
+                      f"{quote(part)} is {list(found)} for a layer of {list(weight)})")
     if not applied:
         if not renamed:
             examples = ", ".join(quote(key) for key in sorted(lora)[:3])
