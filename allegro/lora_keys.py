@@ -22,6 +22,7 @@ COMFY_PREFIX = "diffusion_model."
 DOTTED_PREFIXES = (COMFY_PREFIX, "transformer.", "base_model.model.", "")
 KOHYA_PREFIXES = ("lora_unet_", "lora_transformer_")
 LONGEST_PART = 3            # segments of the longest adapter part, e.g. lora_A.default.weight
+MODEL_PARTS = ("weight", "bias")   # a layer's own tensors (a model file picked as a LoRA), not adapter parts
 
 
 def module_names(weight_names: Iterable[str]) -> set[str]:
@@ -42,9 +43,9 @@ def split_key(key: str, modules: set[str], kohya_names: Mapping[str, str]) -> tu
         segments = key[len(prefix):].split(".")
         # The longest module path that leaves a part (module paths can end where a part begins).
         for cut in range(len(segments) - 1, max(0, len(segments) - 1 - LONGEST_PART), -1):
-            module = ".".join(segments[:cut])
-            if module in modules:
-                return module, ".".join(segments[cut:])
+            module, part = ".".join(segments[:cut]), ".".join(segments[cut:])
+            if module in modules and part not in MODEL_PARTS:
+                return module, part
     return None
 
 

@@ -37,6 +37,16 @@ def whole_number(node: str, name: str, value, low: int | None = None, high: int 
                      "or fix the node that feeds it.")
 
 
+def choice(node: str, name: str, value, options) -> str:
+    """`value` if it is one of a list widget's `options`: ComfyUI checks a list only for values typed into
+    it, so a value linked from another node ("any" outputs) arrives unchecked."""
+    if isinstance(value, str) and value in options:
+        return value
+    shown = ", ".join(list(options)[:12]) + (f", … ({len(options)} in all)" if len(options) > 12 else "")
+    raise ValueError(f"'{node}' got {name} = {quote(value)}: it must be one of {shown}. Pick it in the node, or fix "
+                     "the node that feeds it.")
+
+
 IMAGE_SHAPE = "[images, height, width, channels]"
 IMAGE_CHANNELS = (1, 3, 4)          # grey, RGB, RGBA: what ComfyUI's image nodes make
 

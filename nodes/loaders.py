@@ -12,7 +12,7 @@ from ..allegro.checkpoint_kinds import KIND_DESCRIPTIONS, identify_checkpoint, s
 from ..allegro.checkpoints import Checkpoint
 from ..allegro.quantization import QuantizedWeight, formats_in
 from ..allegro.weight_shapes import check_transformer_shapes, check_vae_shapes
-from . import model_size, sources
+from . import checks, model_size, sources
 
 CATEGORY = "Allegro/loaders"
 
@@ -131,6 +131,7 @@ class AllegroModelLoader(io.ComfyNode):
 
     @classmethod
     def execute(cls, model_name, weight_dtype) -> io.NodeOutput:
+        weight_dtype = checks.choice("Load Allegro Model", "weight_dtype", weight_dtype, list(WEIGHT_DTYPES))
         return io.NodeOutput(load_model(model_name, weight_dtype))
 
 
@@ -161,6 +162,7 @@ class AllegroVAELoader(io.ComfyNode):
 
     @classmethod
     def execute(cls, vae_name, dtype) -> io.NodeOutput:
+        dtype = checks.choice("Load Allegro VAE", "dtype", dtype, list(VAE_DTYPES))
         return io.NodeOutput(load_vae(vae_name, dtype))
 
 
@@ -187,6 +189,7 @@ class AllegroT5Loader(io.ComfyNode):
     @classmethod
     def execute(cls, text_encoder, dtype) -> io.NodeOutput:
         from .t5_clip import build_t5_clip
+        dtype = checks.choice("Load Allegro T5 (diffusers)", "dtype", dtype, list(TEXT_DTYPES))
         checkpoint = sources.read(text_encoder, "text_encoders", "text_encoder")
         _, weights = identify(checkpoint, ("t5_encoder",), "Load Allegro T5 (diffusers)")
         clip = build_t5_clip(checkpoint.declared, weights, TEXT_DTYPES[dtype], str(checkpoint.source))

@@ -13,13 +13,14 @@ import comfy.sd
 
 from ..allegro.checkpoints import read_safetensors
 from ..allegro.config import TransformerConfig
-from ..allegro.lora_keys import COMFY_PREFIX, module_names, shape_misfits, to_comfy_layout
+from ..allegro.lora_keys import COMFY_PREFIX, MODEL_PARTS, module_names, shape_misfits, to_comfy_layout
 from ..allegro.quoting import quote
 from ..allegro.weight_shapes import transformer_shapes
 from . import checks, sources
 
 CATEGORY = "Allegro/loaders"
 FOLDER = "loras"
+MAX_STRENGTH = 100.0
 
 
 def model_weight_shapes(model) -> dict[str, tuple]:
@@ -45,6 +46,10 @@ def apply_lora(model, lora: dict, strength: float, name: str):
         wrong_size = (f"{len(misfits)} name a layer of this model but have other sizes (e.g. "
                       f"{quote(part)} is {list(found)} for a layer of {list(weight)})")
     if not applied:
+        if not renamed and sum(key.endswith(MODEL_PARTS) for key in lora) > len(lora) // 2:
+            raise ValueError(f"{name} holds a model's own weights (tensors like {quote(sorted(lora)[0])}), not a LoRA's "
+                             "adapter tensors (lora_A / lora_B, lora_down / lora_up …). Nothing was applied. Put "
+                             "models in models/diffusion_models/ and pick a LoRA here.")
         if not renamed:
             examples = ", ".join(quote(key) for key in sorted(lora)[:3])
             raise ValueError(f"{name} holds no tensor for the Allegro transformer (its names look like {examples}): it "
@@ -91,7 +96,7 @@ class AllegroLoraLoader(io.ComfyNode):
                 io.Model.Input("model", tooltip="The Allegro model (or one that already has LoRAs)."),
                 io.Combo.Input("lora_name", options=sources.file_choices(FOLDER),
                                tooltip="A LoRA .safetensors in models/loras/."),
-                io.Float.Input("strength_model", default=1.0, min=-100.0, max=100.0, step=0.01,
+                io.Float.Input("strength_model", default=1.0, min=-MAX_STRENGTH, max=MAX_STRENGTH, step=0.01,
                                tooltip="How strongly the LoRA changes the model: 1 as trained, 0 not at all, "
                                        "negative values reverse it."),
             ],
@@ -105,7 +110,8 @@ class AllegroLoraLoader(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, lora_name, strength_model) -> io.NodeOutput:
-        strength_model = checks.finite_number("Load Allegro LoRA", "strength_model", strength_model)
+        strength_model = checks.finite_number("Load Allegro LoRA", "strength_model", strength_model, -MAX_STRENGTH,
+                                              MAX_STRENGTH)
         if strength_model == 0:
             return io.NodeOutput(model)
         lora, _ = read_safetensors(sources.resolve(lora_name, FOLDER))

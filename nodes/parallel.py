@@ -21,6 +21,8 @@ import comfy.ops
 from ..allegro.devices import parse_device
 from ..allegro.parallel import Cancelled, ParallelLayout
 from ..allegro.parallel_pool import RankGroup
+from ..allegro.quoting import quote
+from . import checks
 
 CATEGORY = "Allegro/sampling"
 OPTION = "allegro_parallel"
@@ -207,6 +209,9 @@ class AllegroMultiGPU(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, gpus, cfg_parallel, devices) -> io.NodeOutput:
+        gpus = checks.whole_number("Allegro Multi-GPU", "gpus", gpus, 1, MAX_GPUS)
+        if not isinstance(devices, str):
+            raise ValueError(f"Allegro Multi-GPU: 'devices' must be text, got {type(devices).__name__} {quote(devices)}.")
         diffusion_model = getattr(model.model, "diffusion_model", None)
         config = getattr(diffusion_model, "config", None)
         if not hasattr(config, "num_attention_heads") or not hasattr(diffusion_model, "run_blocks"):

@@ -100,6 +100,10 @@ class AllegroSampler(io.ComfyNode):
         steps = checks.whole_number(node, "steps", steps, 1, MAX_SCHEDULE_STEPS)
         cfg = checks.finite_number(node, "cfg", cfg)
         denoise = checks.finite_number(node, "denoise", denoise, 0.0, 1.0)
+        sampler_name = checks.choice(node, "sampler_name", sampler_name, comfy.samplers.KSampler.SAMPLERS)
+        scheduler = checks.choice(node, "scheduler", scheduler,
+                                  [REFERENCE_SCHEDULER] + list(comfy.samplers.KSampler.SCHEDULERS))
+        noise_stream = checks.choice(node, "noise_stream", noise_stream, list(NOISE_STREAMS))
         # Checked before ComfyUI's empty-latent fix, which would quietly turn an image latent (e.g. from
         # 'Empty Latent Image') into a one-frame video and cut a 16-channel one down to 4 channels.
         check_latent(latent["samples"])
