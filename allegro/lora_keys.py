@@ -86,6 +86,14 @@ def _prefixes(name: str):
         yield ".".join(segments[:cut])
 
 
+def model_tensor_names(lora: Mapping, modules: Iterable[str]) -> list[str]:
+    """The names that are a layer's own weight or bias (<prefix><module>.weight): a model file, not a LoRA."""
+    modules = set(modules)
+    return [key for key in lora for prefix in DOTTED_PREFIXES
+            if key.startswith(prefix) and key[len(prefix):].rpartition(".")[0] in modules
+            and key.rpartition(".")[2] in MODEL_PARTS]
+
+
 def to_comfy_layout(lora: Mapping, modules: Iterable[str]) -> tuple[dict, list[str]]:
     """(tensors renamed to diffusion_model.<module>.<part>, names that match no module of the model).
     `modules`: the DiT's module paths (module_names of its state dict)."""

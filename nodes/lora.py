@@ -13,7 +13,7 @@ import comfy.sd
 
 from ..allegro.checkpoints import read_safetensors
 from ..allegro.config import TransformerConfig
-from ..allegro.lora_keys import COMFY_PREFIX, MODEL_PARTS, module_names, shape_misfits, to_comfy_layout
+from ..allegro.lora_keys import COMFY_PREFIX, model_tensor_names, module_names, shape_misfits, to_comfy_layout
 from ..allegro.quoting import quote
 from ..allegro.weight_shapes import transformer_shapes
 from . import checks, sources
@@ -46,7 +46,7 @@ def apply_lora(model, lora: dict, strength: float, name: str):
         wrong_size = (f"{len(misfits)} name a layer of this model but have other sizes (e.g. "
                       f"{quote(part)} is {list(found)} for a layer of {list(weight)})")
     if not applied:
-        if not renamed and sum(key.endswith(MODEL_PARTS) for key in lora) > len(lora) // 2:
+        if not renamed and len(set(model_tensor_names(lora, module_names(shapes)))) > len(lora) // 2:
             raise ValueError(f"{name} holds a model's own weights (tensors like {quote(sorted(lora)[0])}), not a LoRA's "
                              "adapter tensors (lora_A / lora_B, lora_down / lora_up …). Nothing was applied. Put "
                              "models in models/diffusion_models/ and pick a LoRA here.")

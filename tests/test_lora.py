@@ -203,3 +203,12 @@ def test_a_lora_that_fits_only_in_part_says_how_much_was_applied(comfy, base, lo
     assert "1 name no layer of this model" in warning and "have other sizes" in warning, warning
     # What was applied is exactly block 0's part.
     assert relative_error(patched_weights(comfy, patched), merged(weights, (block0, 1.0))) <= 1e-4
+
+
+def test_a_model_file_picked_as_a_lora_is_named_as_such(comfy, base, tiny_models, base_dir):
+    import shutil
+    patcher, _ = base
+    target = base_dir / "models" / "loras" / "allegro_dit_as_lora.safetensors"
+    shutil.copy2(tiny_models["t2v_file"], target)
+    with pytest.raises(ValueError, match="holds a model's own weights .* not a LoRA's adapter tensors"):
+        load_allegro_lora(comfy, patcher, target.name)
