@@ -23,6 +23,7 @@ from . import quantization, tensor_checks
 from .confinement import confine, confined_to
 from .checkpoint_kinds import CheckpointError
 from .config import COMPONENT_CLASSES
+from .quoting import quote
 
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin", ".pkl", ".pickle")
 SAFETENSORS_HINT = (
@@ -132,7 +133,7 @@ def read_safetensors_header(path) -> tuple[dict[str, TensorInfo], dict[str, str]
             if not isinstance(entry["dtype"], str) or not 0 <= begin <= end:
                 raise ValueError
         except (TypeError, ValueError, KeyError):
-            raise CheckpointError(f"{path} has a malformed header entry for tensor {name!r}; "
+            raise CheckpointError(f"{path} has a malformed header entry for tensor {quote(name)}; "
                                   "the file is damaged.") from None
         tensors[name] = TensorInfo(entry["dtype"], shape)
         data_end = max(data_end, end)
@@ -233,7 +234,7 @@ def _read_sharded(index_path: Path, device) -> tuple[dict[str, torch.Tensor], di
     for shard_name in sorted(set(weight_map.values())):
         shard = index_path.parent / str(shard_name)
         if Path(str(shard_name)).name != shard_name or not shard_name.endswith(".safetensors"):
-            raise CheckpointError(f"{index_path} lists {shard_name!r}; shards must be .safetensors files "
+            raise CheckpointError(f"{index_path} lists {quote(shard_name)}; shards must be .safetensors files "
                                   "in the same folder.")
         if not shard.is_file():
             raise CheckpointError(f"{shard} is listed in {index_path.name} but missing. "
@@ -241,7 +242,7 @@ def _read_sharded(index_path: Path, device) -> tuple[dict[str, torch.Tensor], di
         tensors, shard_metadata = read_safetensors(shard, device)
         for name, tensor in tensors.items():
             if name in state_dict:
-                raise CheckpointError(f"Tensor {name!r} is stored in two shards of {index_path.parent}; "
+                raise CheckpointError(f"Tensor {quote(name)} is stored in two shards of {index_path.parent}; "
                                       "the shards do not belong together.")
             state_dict[name] = tensor
         for key, value in shard_metadata.items():
@@ -249,7 +250,7 @@ def _read_sharded(index_path: Path, device) -> tuple[dict[str, torch.Tensor], di
     missing = sorted(name for name in weight_map if name not in state_dict)
     if missing:
         raise CheckpointError(
-            f"{index_path} lists {len(missing)} tensors that its shards do not contain (e.g. {missing[0]!r}): "
+            f"{index_path} lists {len(missing)} tensors that its shards do not contain (e.g. {quote(missing[0])}): "
             "the shards are from another version. Download the whole folder again."
         )
     return state_dict, metadata

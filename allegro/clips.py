@@ -10,13 +10,15 @@ overlap there and the joined video is len(previous) + len(next) - overlap frames
 """
 import torch
 
+from .quoting import quote
+
 JOIN_MODES = ("blend", "drop")
 
 
 def join_clips(previous: torch.Tensor, following: torch.Tensor, overlap: int, mode: str = "blend") -> torch.Tensor:
     """previous [N, H, W, C] + following [M, H, W, C] (IMAGE batches) → [N + M - overlap, H, W, C]."""
     if mode not in JOIN_MODES:
-        raise ValueError(f"mode must be one of {', '.join(JOIN_MODES)}; got {mode!r}")
+        raise ValueError(f"mode must be one of {', '.join(JOIN_MODES)}; got {quote(mode)}")
     for name, clip in (("previous", previous), ("next", following)):
         if clip.ndim != 4 or clip.shape[0] < 1:
             raise ValueError(f"'{name}' must be video frames [frames, height, width, channels]; got shape "

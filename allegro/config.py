@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, fields, replace
 from typing import Mapping
 
 from .checkpoint_kinds import ALLEGRO_TI2V, TI2V_BRANCHES, CheckpointError
+from .quoting import quote
 
 
 @dataclass(frozen=True)
@@ -147,7 +148,7 @@ def check_ranges(config, source: str, release, keys=None) -> None:
                        "wholes": f"a list of whole numbers from {lowest} to {MAX_SIZE}",
                        "flag": "true or false", "flags": "a list of true/false",
                        "positive": f"a finite number above {lowest}"}[kind]
-            raise CheckpointError(f"{source}: {key} must be {allowed}, got {value!r} (the release has "
+            raise CheckpointError(f"{source}: {key} must be {allowed}, got {quote(value)} (the release has "
                                   f"{getattr(release, key)!r}). Fix the config, or use the one that came with "
                                   "these weights.")
 
@@ -218,11 +219,11 @@ def transformer_config_from_dict(raw: Mapping, source: str = "The transformer co
     Ranges are checked by `TransformerConfig.validate` (those the derivation needs, here)."""
     class_name = raw.get("_class_name")
     if class_name is not None and class_name not in COMPONENT_CLASSES["transformer"]:
-        raise CheckpointError(f"The config describes a {class_name}, not an Allegro transformer "
+        raise CheckpointError(f"The config describes a {quote(class_name)}, not an Allegro transformer "
                               f"({' or '.join(COMPONENT_CLASSES['transformer'])}). Pick the transformer's config.")
     for key, required in _REQUIRED_SETTINGS.items():
         if key in raw and raw[key] != required:
-            raise CheckpointError(f"Unsupported transformer setting {key}={raw[key]!r}: Allegro models use "
+            raise CheckpointError(f"Unsupported transformer setting {key}={quote(raw[key])}: Allegro models use "
                                   f"{key}={required!r}, the only variant this package implements.")
     if raw.get("use_additional_conditions"):
         raise CheckpointError("Unsupported transformer setting use_additional_conditions=true (PixArt's resolution "
@@ -234,7 +235,7 @@ def transformer_config_from_dict(raw: Mapping, source: str = "The transformer co
         values["sample_height"] = values["sample_width"] = size
     elif size is not None:
         if not (isinstance(size, (list, tuple)) and len(size) == 2):
-            raise CheckpointError(f"The transformer config's sample_size should be [height, width], got {size!r}.")
+            raise CheckpointError(f"The transformer config's sample_size should be [height, width], got {quote(size)}.")
         values["sample_height"], values["sample_width"] = size
     values.setdefault("out_channels", values.get("in_channels", RELEASE_TRANSFORMER.in_channels))
     config = replace(RELEASE_TRANSFORMER, **values)
@@ -267,8 +268,8 @@ def vae_config_from_dict(raw: Mapping, source: str = "The VAE config") -> VAECon
         if isinstance(values.get("sample_size"), (list, tuple)):
             values["sample_size"] = values["sample_size"][0]
     except (TypeError, IndexError):
-        raise CheckpointError(f"{source}: tile_overlap / t_over / sample_size are malformed ({raw.get('tile_overlap')!r}, "
-                              f"{raw.get('t_over')!r}, {raw.get('sample_size')!r}); the release has tile_overlap "
+        raise CheckpointError(f"{source}: tile_overlap / t_over / sample_size are malformed ({quote(raw.get('tile_overlap'))}, "
+                              f"{quote(raw.get('t_over'))}, {quote(raw.get('sample_size'))}); the release has tile_overlap "
                               "[120, 80], t_over 8 and sample_size 320.") from None
     return replace(RELEASE_VAE, **_known(VAEConfig, values))
 
@@ -339,7 +340,7 @@ def measure_vae(weights: Mapping) -> dict:
 def _check_declared(declared: Mapping, measured: Mapping, source: str) -> None:
     for key, value in measured.items():
         if key in declared and declared[key] != value:
-            raise CheckpointError(f"{source}: its config says {key}={declared[key]!r} but the tensors say {value!r}. "
+            raise CheckpointError(f"{source}: its config says {key}={quote(declared[key])} but the tensors say {value!r}. "
                                   "The config belongs to another model; fix or remove it.")
 
 

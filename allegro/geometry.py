@@ -13,6 +13,7 @@ New videos are made at n = 4k or 4k + 1, as the reference accepts; Allegro was t
 from dataclasses import dataclass
 
 from .config import PATCH_SIZE, SPATIAL_FACTOR, TEMPORAL_FACTOR
+from .quoting import quote
 
 SIZE_MULTIPLE = SPATIAL_FACTOR * PATCH_SIZE
 
@@ -58,7 +59,7 @@ def check_video_size(width: int, height: int, frames: int) -> VideoSize:
     """Raise ValueError naming the offending input and the allowed values; return the size."""
     for name, value in (("width", width), ("height", height), ("length", frames)):
         if isinstance(value, bool) or not isinstance(value, int):      # a linked input can carry anything
-            raise ValueError(f"{name} must be a whole number, got {value!r}.")
+            raise ValueError(f"{name} must be a whole number, got {quote(value)}.")
     for name, value in (("width", width), ("height", height)):
         if value < SIZE_MULTIPLE:
             raise ValueError(f"{name} must be at least {SIZE_MULTIPLE} pixels, got {value}.")

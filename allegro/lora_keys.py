@@ -16,10 +16,13 @@ Pure: no ComfyUI imports.
 """
 from collections.abc import Iterable, Mapping
 
+from .quoting import quote
+
 COMFY_PREFIX = "diffusion_model."
 DOTTED_PREFIXES = (COMFY_PREFIX, "transformer.", "base_model.model.", "")
 KOHYA_PREFIXES = ("lora_unet_", "lora_transformer_")
 LONGEST_PART = 3            # segments of the longest adapter part, e.g. lora_A.default.weight
+MODEL_PARTS = ("weight", "bias")   # a layer's own tensors (a model file picked as a LoRA), not adapter parts
 
 
 def module_names(weight_names: Iterable[str]) -> set[str]:
@@ -40,10 +43,55 @@ def split_key(key: str, modules: set[str], kohya_names: Mapping[str, str]) -> tu
         segments = key[len(prefix):].split(".")
         # The longest module path that leaves a part (module paths can end where a part begins).
         for cut in range(len(segments) - 1, max(0, len(segments) - 1 - LONGEST_PART), -1):
-            module = ".".join(segments[:cut])
-            if module in modules:
-                return module, ".".join(segments[cut:])
+            module, part = ".".join(segments[:cut]), ".".join(segments[cut:])
+            if module in modules and part not in MODEL_PARTS:
+                return module, part
     return None
+
+
+# Adapter parts whose shape follows the layer's weight [out, in, …]: (axis of the part, axis of the weight).
+SHAPED_PARTS = {"lora_up": (0, 0), "lora_B": (0, 0), "lora_down": (1, 1), "lora_A": (1, 1)}
+
+
+def shape_misfits(renamed: Mapping, weight_shapes: Mapping[str, tuple]) -> dict[str, tuple[str, tuple, tuple]]:
+    """{name: (part, its shape, the layer weight's shape)} for the renamed LoRA tensors (to_comfy_layout's)
+    of every layer the LoRA cannot patch: a LoRA made for another width names the same layers with other
+    sizes. All of such a layer's tensors are left out (its alpha too); `part` is the tensor that does not
+    fit. `weight_shapes`: {<module>.weight: shape} of the model (without the ComfyUI prefix)."""
+    modules, wrong = {}, {}
+    for name, tensor in renamed.items():
+        module_part = name[len(COMFY_PREFIX):]
+        module = next((m for m in _prefixes(module_part) if f"{m}.weight" in weight_shapes), None)
+        if module is None:
+            continue
+        modules[name] = module
+        weight, part, shape = tuple(weight_shapes[f"{module}.weight"]), module_part[len(module) + 1:], tuple(tensor.shape)
+        kind = part.split(".")[0]
+        axes = SHAPED_PARTS.get(kind)
+        if kind == "diff":
+            fits = shape == weight
+        elif axes is not None:
+            fits = len(shape) > axes[0] and len(weight) > axes[1] and shape[axes[0]] == weight[axes[1]]
+        else:
+            fits = True                   # alpha, dora_scale, LoHa/LoKr factors: ComfyUI checks these itself
+        if not fits and module not in wrong:
+            wrong[module] = (module_part, shape, weight)
+    return {name: wrong[module] for name, module in modules.items() if module in wrong}
+
+
+def _prefixes(name: str):
+    """'a.b.c.d' → 'a.b.c', 'a.b', 'a' (the longest module path first)."""
+    segments = name.split(".")
+    for cut in range(len(segments) - 1, 0, -1):
+        yield ".".join(segments[:cut])
+
+
+def model_tensor_names(lora: Mapping, modules: Iterable[str]) -> list[str]:
+    """The names that are a layer's own weight or bias (<prefix><module>.weight): a model file, not a LoRA."""
+    modules = set(modules)
+    return [key for key in lora for prefix in DOTTED_PREFIXES
+            if key.startswith(prefix) and key[len(prefix):].rpartition(".")[0] in modules
+            and key.rpartition(".")[2] in MODEL_PARTS]
 
 
 def to_comfy_layout(lora: Mapping, modules: Iterable[str]) -> tuple[dict, list[str]]:
@@ -60,6 +108,6 @@ def to_comfy_layout(lora: Mapping, modules: Iterable[str]) -> tuple[dict, list[s
         module, part = found
         name = f"{COMFY_PREFIX}{module}.{part}"
         if name in renamed:
-            raise ValueError(f"The LoRA holds {module}.{part} twice (as {key!r} and another name): it mixes formats.")
+            raise ValueError(f"The LoRA holds {module}.{part} twice (as {quote(key)} and another name): it mixes formats.")
         renamed[name] = tensor
     return renamed, unmatched

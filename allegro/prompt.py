@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 from .config import TEXT_TOKENS
+from .quoting import quote
 
 # Model-usage data, reproduced byte for byte from rhymes-ai/Allegro `single_inference.py` (and
 # `single_inference_ti2v.py`, which uses the same two strings). Trailing spaces and newlines are
@@ -47,7 +48,7 @@ def apply_template(user_prompt: str, template: str = POSITIVE_TEMPLATE) -> str:
     as the reference scripts do. Other braces in a custom template are left alone."""
     if PROMPT_PLACEHOLDER not in template:
         raise ValueError(f"The prompt template must contain {PROMPT_PLACEHOLDER} where the prompt goes; "
-                         f"got {template!r}")
+                         f"got {quote(template)}")
     return template.replace(PROMPT_PLACEHOLDER, user_prompt.lower().strip())
 
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import torch
 
 from . import gguf_quants
+from .quoting import quote
 
 GGUF_FORMATS = tuple(gguf_quants.FORMATS)          # Q8_0, Q4_K, Q5_K, Q6_K
 FP8_SCALED = "fp8_scaled"
@@ -89,7 +90,17 @@ def storage_format(name: str, shape, target: str, source_dtype: torch.dtype = to
     """What tensor `name` of `shape` is stored as in a `target` file: the target itself, or
     "F32" / "F16" / "BF16" (GGUF floats; a scaled-fp8 file keeps these tensors in the source dtype)."""
     if target not in TARGETS:
-        raise ValueError(f"Unknown quantisation {target!r}; choose one of {', '.join(TARGETS)}")
+        raise ValueError(f"Unknown quantisation {quote(target)}; choose one of {', '.join(TARGETS)}")
+    kept = _kept_float(name, shape, source_dtype)
+    if kept is not None:
+        return kept
+    if not fits_blocks(shape, target):
+        return high_precision_float(source_dtype)       # rows not whole blocks: kept, as llama.cpp falls back
+    return target
+
+
+def _kept_float(name: str, shape, source_dtype: torch.dtype) -> str | None:
+    """The float format of a tensor no target quantises (see the module's docstring), else None."""
     numel = 1
     for size in shape:
         numel *= size
@@ -98,9 +109,24 @@ def storage_format(name: str, shape, target: str, source_dtype: torch.dtype = to
         return "F32"
     if name.startswith(HALF_TENSORS) or not name.startswith("transformer_blocks."):
         return high_precision_float(source_dtype)
-    if target != FP8_SCALED and shape[-1] % gguf_quants.FORMATS[target][0]:
-        return high_precision_float(source_dtype)       # rows too short for the block: kept, as llama.cpp falls back
-    return target
+    return None
+
+
+def fits_blocks(shape, target: str) -> bool:
+    """Whether a 2-D weight's rows are whole blocks of `target` (scaled fp8 has no blocks)."""
+    return target == FP8_SCALED or shape[-1] % gguf_quants.FORMATS[target][0] == 0
+
+
+def rows_not_in_blocks(shapes: dict, target: str) -> dict[str, tuple]:
+    """{name: shape} of the weights `target` would quantise but keeps 16-bit because their rows are
+    not whole blocks (a narrow model's rows, e.g. 48 values against Q4_K's 256)."""
+    return {name: tuple(shape) for name, shape in shapes.items()
+            if _kept_float(name, shape, torch.bfloat16) is None and not fits_blocks(shape, target)}
+
+
+def block_weights(shapes: dict) -> list[str]:
+    """The weights a quantising target stores quantised when their rows fit its blocks."""
+    return [name for name, shape in shapes.items() if _kept_float(name, shape, torch.bfloat16) is None]
 
 
 FLOAT_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}

@@ -16,6 +16,7 @@ from typing import Mapping
 import torch
 
 from .checkpoint_kinds import CheckpointError
+from .quoting import quote
 
 # safetensors' dtype names: F16, BF16, F32, F64, F8_E4M3, F8_E5M2 … are floating point; BOOL, U8 … I64
 # and complex types are not.
@@ -34,7 +35,7 @@ def refuse_non_float(path: Path, dtypes: Mapping[str, str]) -> None:
         kind = next((what for prefix, what in _NOT_FLOAT.items() if dtype.upper().startswith(prefix)), None)
         if kind is not None:
             raise CheckpointError(
-                f"{path}: tensor {name!r} holds {kind} values ({dtype}), not floating-point weights. Allegro's weights "
+                f"{path}: tensor {quote(name)} holds {kind} values ({dtype}), not floating-point weights. Allegro's weights "
                 "are bf16, fp16, fp32 or fp8; a file with integer or boolean tensors is another format (e.g. a "
                 "quantised one) or was saved wrongly, and converting it would sample noise. Use the original "
                 ".safetensors file.")
@@ -63,6 +64,6 @@ def refuse_non_finite(path: Path, tensors: Mapping[str, torch.Tensor]) -> None:
     for name, tensor in tensors.items():
         if tensor.is_floating_point() and not all_finite(tensor):
             raise CheckpointError(
-                f"{path}: tensor {name!r} holds {non_finite_count(tensor)} NaN or infinite values (of "
+                f"{path}: tensor {quote(name)} holds {non_finite_count(tensor)} NaN or infinite values (of "
                 f"{tensor.numel()}). Weights with NaN or infinity make every video NaN: the file is damaged or "
                 "comes from a diverged training run. Download it again.")

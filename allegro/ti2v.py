@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from .config import TEMPORAL_FACTOR
+from .quoting import quote
 
 # How an image of another aspect than the video becomes a frame; "crop" is the reference's.
 RESIZE_MODES = ("crop", "pad", "stretch")
@@ -65,7 +66,7 @@ def prepare_image(image: torch.Tensor, height: int, width: int, resize: str = "c
     if image.ndim != 3 or image.shape[-1] not in (1, 3, 4):
         raise ValueError(f"expected one image [height, width, channels], got shape {list(image.shape)}")
     if resize not in RESIZE_MODES:
-        raise ValueError(f"resize must be one of {', '.join(RESIZE_MODES)}; got {resize!r}")
+        raise ValueError(f"resize must be one of {', '.join(RESIZE_MODES)}; got {quote(resize)}")
     pixels = image[..., :3] if image.shape[-1] >= 3 else image.expand(*image.shape[:2], 3)
     pixels = pixels.movedim(-1, 0)[None].float()                                   # [1, 3, H, W]
     if resize == "crop":
@@ -110,7 +111,7 @@ def parse_frame_indices(text: str) -> list[int]:
         try:
             indices.append(int(token))
         except ValueError:
-            raise ValueError(f"'{token}' in the frame indices is not a whole number: write them like "
+            raise ValueError(f"{quote(token)} in the frame indices is not a whole number: write them like "
                              "'0, 40, -1' (-1 = the last frame).") from None
     return indices
 

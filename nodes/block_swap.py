@@ -18,9 +18,11 @@ import comfy.patcher_extension
 
 from ..allegro.block_swap import BlockSwap, tensor_bytes
 from ..allegro.memory_plan import describe_swap
+from . import checks
 
 CATEGORY = "Allegro/loaders"
 CALLBACK_KEY = "allegro_block_swap"
+MAX_RESIDENT, MAX_PREFETCH = 64, 4          # widget limits: blocks kept on the GPU, blocks copied ahead
 
 
 def device_bytes(module: torch.nn.Module, device: torch.device) -> int:
@@ -77,9 +79,9 @@ class AllegroBlockSwap(io.ComfyNode):
                         "VRAM estimate for the chosen N.",
             inputs=[
                 io.Model.Input("model", tooltip="An Allegro model (Load Allegro Model, after any LoRA)."),
-                io.Int.Input("resident_blocks", default=16, min=0, max=64,
+                io.Int.Input("resident_blocks", default=16, min=0, max=MAX_RESIDENT,
                              tooltip="Blocks kept on the GPU (Allegro has 32; 32 or more: nothing is streamed)."),
-                io.Int.Input("prefetch", default=1, min=0, max=4,
+                io.Int.Input("prefetch", default=1, min=0, max=MAX_PREFETCH,
                              tooltip="Streamed blocks copied ahead of use (each costs one block of VRAM)."),
             ],
             outputs=[io.Model.Output(display_name="model", tooltip="The model with block swap; connect it to the "
@@ -89,6 +91,8 @@ class AllegroBlockSwap(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, resident_blocks, prefetch) -> io.NodeOutput:
+        resident_blocks = checks.whole_number("Allegro Block Swap", "resident_blocks", resident_blocks, 0, MAX_RESIDENT)
+        prefetch = checks.whole_number("Allegro Block Swap", "prefetch", prefetch, 0, MAX_PREFETCH)
         diffusion_model = getattr(model.model, "diffusion_model", None)
         blocks = getattr(diffusion_model, "transformer_blocks", None)
         config = getattr(diffusion_model, "config", None)

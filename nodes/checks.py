@@ -9,11 +9,8 @@ import math
 
 import torch
 
+from ..allegro.quoting import quote
 from ..allegro.tensor_checks import all_finite, non_finite_count
-
-
-def _show(value) -> str:
-    return repr(value) if not isinstance(value, str) else repr(value[:80])
 
 
 def finite_number(node: str, name: str, value, low: float | None = None, high: float | None = None) -> float:
@@ -23,7 +20,7 @@ def finite_number(node: str, name: str, value, low: float | None = None, high: f
         return float(value)
     bounds = (f" from {low:g} to {high:g}" if low is not None and high is not None else
               f" of at least {low:g}" if low is not None else f" of at most {high:g}" if high is not None else "")
-    raise ValueError(f"'{node}' got {name} = {_show(value)}: it must be a finite number{bounds} (NaN and infinity "
+    raise ValueError(f"'{node}' got {name} = {quote(value)}: it must be a finite number{bounds} (NaN and infinity "
                      "are not). Set it in the node, or fix the node that feeds it.")
 
 
@@ -36,8 +33,41 @@ def whole_number(node: str, name: str, value, low: int | None = None, high: int 
         return value
     bounds = (f" from {low} to {high}" if low is not None and high is not None else
               f" of at least {low}" if low is not None else f" of at most {high}" if high is not None else "")
-    raise ValueError(f"'{node}' got {name} = {_show(value)}: it must be a whole number{bounds}. Set it in the node, "
+    raise ValueError(f"'{node}' got {name} = {quote(value)}: it must be a whole number{bounds}. Set it in the node, "
                      "or fix the node that feeds it.")
+
+
+def choice(node: str, name: str, value, options) -> str:
+    """`value` if it is one of a list widget's `options`: ComfyUI checks a list only for values typed into
+    it, so a value linked from another node ("any" outputs) arrives unchecked."""
+    if isinstance(value, str) and value in options:
+        return value
+    shown = ", ".join(list(options)[:12]) + (f", … ({len(options)} in all)" if len(options) > 12 else "")
+    raise ValueError(f"'{node}' got {name} = {quote(value)}: it must be one of {shown}. Pick it in the node, or fix "
+                     "the node that feeds it.")
+
+
+IMAGE_SHAPE = "[images, height, width, channels]"
+IMAGE_CHANNELS = (1, 3, 4)          # grey, RGB, RGBA: what ComfyUI's image nodes make
+
+
+def image(node: str, name: str, value, what: str = "an IMAGE") -> torch.Tensor:
+    """`value` if it is an IMAGE batch [images, height, width, channels] with at least one image of at
+    least one pixel, in grey, RGB or RGBA; else ValueError naming the input and the shape it had."""
+    if not isinstance(value, torch.Tensor) or value.ndim != 4 or not value.is_floating_point():
+        got = (f"a {value.dtype} tensor of shape {list(value.shape)}" if isinstance(value, torch.Tensor) else
+               f"{type(value).__name__} {quote(value)}")
+        raise ValueError(f"'{node}' needs {what} {IMAGE_SHAPE} (floats 0..1) as '{name}'; got {got}. Connect an "
+                         "IMAGE output (Load Image, a VAE decode) to it.")
+    empty = [f"{axis} 0" for axis, size in zip(("images", "height", "width"), value.shape) if size == 0]
+    if empty:
+        raise ValueError(f"'{node}' got an empty IMAGE as '{name}' (shape {list(value.shape)}: {', '.join(empty)}): "
+                         "there is nothing to use. Check the node that made it (a crop, resize or batch selection "
+                         "that left no pixels or no images).")
+    if value.shape[-1] not in IMAGE_CHANNELS:
+        raise ValueError(f"'{node}' got an IMAGE with {value.shape[-1]} channels as '{name}' (shape "
+                         f"{list(value.shape)}); images have 1 (grey), 3 (RGB) or 4 (RGBA) channels.")
+    return value
 
 
 def is_finite(tensor) -> bool:

@@ -4,6 +4,7 @@
 from comfy_api.v0_0_2 import io
 
 from ..allegro.clips import JOIN_MODES, join_clips
+from . import checks
 
 
 class AllegroJoinClips(io.ComfyNode):
@@ -35,4 +36,7 @@ class AllegroJoinClips(io.ComfyNode):
 
     @classmethod
     def execute(cls, previous, next, overlap_frames, mode) -> io.NodeOutput:       # noqa: A002 (input name)
-        return io.NodeOutput(join_clips(previous, next, overlap_frames, mode))
+        node = "Allegro Join Clips"
+        clips = [checks.image(node, name, clip, "video frames") for name, clip in (("previous", previous), ("next", next))]
+        overlap_frames = checks.whole_number(node, "overlap_frames", overlap_frames, 0)
+        return io.NodeOutput(join_clips(*clips, overlap_frames, mode))

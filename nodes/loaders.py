@@ -11,7 +11,8 @@ from ..allegro import config as allegro_config
 from ..allegro.checkpoint_kinds import KIND_DESCRIPTIONS, identify_checkpoint, strip_prefix
 from ..allegro.checkpoints import Checkpoint
 from ..allegro.quantization import QuantizedWeight, formats_in
-from . import model_size, sources
+from ..allegro.weight_shapes import check_transformer_shapes, check_vae_shapes
+from . import checks, model_size, sources
 
 CATEGORY = "Allegro/loaders"
 
@@ -46,6 +47,7 @@ def load_model(model_name: str, weight_dtype: str, disable_dynamic: bool = False
     kind, weights = identify(checkpoint, ("allegro_t2v", "allegro_ti2v"), "Load Allegro Model")
     source = config_source(checkpoint)
     config = allegro_config.decide_transformer_config(weights, kind, checkpoint.declared, source)
+    check_transformer_shapes(config, weights, str(checkpoint.source))
     latent_scale = allegro_config.decide_latent_scale(checkpoint.companions.get("vae"))
     stored_as = ", ".join(f"{count} {name}" for name, count in sorted(formats_in(weights).items()))
     logging.info("Loading %s from %s (tensors: %s)", KIND_DESCRIPTIONS[kind], checkpoint.source, stored_as)
@@ -65,6 +67,7 @@ def load_vae(vae_name: str, dtype: str, disable_dynamic: bool = False):
     _, weights = identify(checkpoint, ("allegro_vae",), "Load Allegro VAE")
     source = config_source(checkpoint)
     config = allegro_config.decide_vae_config(weights, checkpoint.declared, source)
+    check_vae_shapes(config, weights, str(checkpoint.source))
     vae = build_vae(config, weights, VAE_DTYPES[dtype], disable_dynamic=disable_dynamic)
     vae.patcher.cached_patcher_init = (load_vae_patcher, (vae_name, dtype))
     return vae
@@ -128,6 +131,7 @@ class AllegroModelLoader(io.ComfyNode):
 
     @classmethod
     def execute(cls, model_name, weight_dtype) -> io.NodeOutput:
+        weight_dtype = checks.choice("Load Allegro Model", "weight_dtype", weight_dtype, list(WEIGHT_DTYPES))
         return io.NodeOutput(load_model(model_name, weight_dtype))
 
 
@@ -158,6 +162,7 @@ class AllegroVAELoader(io.ComfyNode):
 
     @classmethod
     def execute(cls, vae_name, dtype) -> io.NodeOutput:
+        dtype = checks.choice("Load Allegro VAE", "dtype", dtype, list(VAE_DTYPES))
         return io.NodeOutput(load_vae(vae_name, dtype))
 
 
@@ -184,6 +189,7 @@ class AllegroT5Loader(io.ComfyNode):
     @classmethod
     def execute(cls, text_encoder, dtype) -> io.NodeOutput:
         from .t5_clip import build_t5_clip
+        dtype = checks.choice("Load Allegro T5 (diffusers)", "dtype", dtype, list(TEXT_DTYPES))
         checkpoint = sources.read(text_encoder, "text_encoders", "text_encoder")
         _, weights = identify(checkpoint, ("t5_encoder",), "Load Allegro T5 (diffusers)")
         clip = build_t5_clip(checkpoint.declared, weights, TEXT_DTYPES[dtype], str(checkpoint.source))

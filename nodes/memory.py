@@ -12,6 +12,7 @@ import comfy.ldm.modules.attention
 import comfy.model_management
 
 from ..allegro.geometry import VideoSize
+from ..allegro.quoting import quote
 
 GIB = 1024 ** 3
 DECODE_COPIES = 3
@@ -38,7 +39,7 @@ def available_on(device) -> tuple[int, str]:
 def check_fits_in_memory(size: VideoSize, batch: int = 1):
     """The decoded frames (float32 IMAGE, DECODE_COPIES at the decode's peak) must fit in free RAM."""
     if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
-        raise ValueError(f"batch_size must be a whole number of at least 1, got {batch!r}.")
+        raise ValueError(f"batch_size must be a whole number of at least 1, got {quote(batch)}.")
     frames = size.decoded_bytes(batch)
     needed, available = DECODE_COPIES * frames, available_ram()
     if needed > available:

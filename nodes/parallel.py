@@ -18,8 +18,11 @@ from comfy_api.v0_0_2 import io
 import comfy.model_management
 import comfy.ops
 
+from ..allegro.devices import parse_device
 from ..allegro.parallel import Cancelled, ParallelLayout
 from ..allegro.parallel_pool import RankGroup
+from ..allegro.quoting import quote
+from . import checks
 
 CATEGORY = "Allegro/sampling"
 OPTION = "allegro_parallel"
@@ -114,7 +117,8 @@ def worker_devices(spec: str, rank0: torch.device, world: int) -> list[str]:
     empty for the next GPUs after ComfyUI's (CPU processes when ComfyUI runs on the CPU)."""
     wanted = world - 1
     if spec.strip():
-        others = [str(torch.device(part.strip())) for part in spec.split(",") if part.strip()]
+        others = [str(parse_device(part, "Allegro Multi-GPU: 'devices' names")) for part in spec.split(",")
+                  if part.strip()]
         if len(others) != wanted:
             raise ValueError(f"Allegro Multi-GPU: 'devices' lists {len(others)} device(s) but {world} GPUs need "
                              f"{wanted} besides ComfyUI's {rank0}; list exactly {wanted} (e.g. "
@@ -205,6 +209,9 @@ class AllegroMultiGPU(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, gpus, cfg_parallel, devices) -> io.NodeOutput:
+        gpus = checks.whole_number("Allegro Multi-GPU", "gpus", gpus, 1, MAX_GPUS)
+        if not isinstance(devices, str):
+            raise ValueError(f"Allegro Multi-GPU: 'devices' must be text, got {type(devices).__name__} {quote(devices)}.")
         diffusion_model = getattr(model.model, "diffusion_model", None)
         config = getattr(diffusion_model, "config", None)
         if not hasattr(config, "num_attention_heads") or not hasattr(diffusion_model, "run_blocks"):

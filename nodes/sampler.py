@@ -100,6 +100,10 @@ class AllegroSampler(io.ComfyNode):
         steps = checks.whole_number(node, "steps", steps, 1, MAX_SCHEDULE_STEPS)
         cfg = checks.finite_number(node, "cfg", cfg)
         denoise = checks.finite_number(node, "denoise", denoise, 0.0, 1.0)
+        sampler_name = checks.choice(node, "sampler_name", sampler_name, comfy.samplers.KSampler.SAMPLERS)
+        scheduler = checks.choice(node, "scheduler", scheduler,
+                                  [REFERENCE_SCHEDULER] + list(comfy.samplers.KSampler.SCHEDULERS))
+        noise_stream = checks.choice(node, "noise_stream", noise_stream, list(NOISE_STREAMS))
         # Checked before ComfyUI's empty-latent fix, which would quietly turn an image latent (e.g. from
         # 'Empty Latent Image') into a one-frame video and cut a 16-channel one down to 4 channels.
         check_latent(latent["samples"])
@@ -187,6 +191,9 @@ def check_latent(samples: torch.Tensor):
                          f"shaped {list(samples.shape)}"
                          + (" (an image latent)" if samples.ndim == 4 else "") + ". Use 'Allegro Empty Latent Video', "
                          "the TI2V node's latent or 'Allegro VAE Encode'.")
+    if video_latent.empty_axes(samples):
+        raise ValueError(f"The 'latent' input is empty (shape {list(samples.shape)}: {video_latent.empty_axes(samples)}): "
+                         "there is nothing to sample. Check the node that made it.")
     if samples.shape[-1] % PATCH_SIZE or samples.shape[-2] % PATCH_SIZE:
         raise ValueError(f"The latent's height and width ({samples.shape[-2]}x{samples.shape[-1]}) must be "
                          f"multiples of {PATCH_SIZE} (video sides a multiple of 16 pixels).")

@@ -17,6 +17,7 @@ import folder_paths
 
 from ..allegro import checkpoints, confinement
 from ..allegro.config import COMPONENT_CLASSES
+from ..allegro.quoting import quote
 
 DIFFUSERS_PREFIX = "diffusers/"
 # ComfyUI's model folders a loader may read from (links between them are fine).
@@ -91,7 +92,7 @@ def _checked_name(choice) -> str:
     (said without looking at the disk)."""
     if not isinstance(choice, str):
         raise ValueError(f"A model name must be text naming a file or folder in ComfyUI's model folders; got "
-                         f"{type(choice).__name__} {repr(choice)[:80]}.")
+                         f"{type(choice).__name__} {quote(choice)}.")
     parts = re.split(r"[\\/]", choice)
     windows = PureWindowsPath(choice)
     problem = ("is empty" if not choice.strip(" /\\") else
@@ -99,7 +100,7 @@ def _checked_name(choice) -> str:
                "is an absolute path" if PurePosixPath(choice).is_absolute() or windows.drive or windows.root else
                "goes up a folder ('..')" if ".." in parts else None)
     if problem:
-        raise ValueError(f"The model name {choice[:200]!r} {problem}. Loaders read only from ComfyUI's model folders: "
+        raise ValueError(f"The model name {quote(choice)} {problem}. Loaders read only from ComfyUI's model folders: "
                          "give a name as the loader lists it, e.g. 'diffusers/Allegro' or 'allegro_t2v.safetensors'.")
     return choice
 
@@ -127,7 +128,7 @@ def resolve(choice: str, folder_kind: str) -> Path:
     if not found:
         where = "put the hub download (model_index.json, transformer/, vae/ …) there" if kind == "a folder" else \
             f"put the .safetensors file in models/{folder_kind}/"
-        raise FileNotFoundError(f"{choice[:200]!r} is not {kind} in ComfyUI's model folders (searched {bases}): "
+        raise FileNotFoundError(f"{quote(choice)} is not {kind} in ComfyUI's model folders (searched {bases}): "
                                 f"{where}.")
     path = found[0]
     if not confinement.is_inside(path, roots):
@@ -150,7 +151,7 @@ def check_choice(value, choices: list[str], folder_kind: str, kinds: str = ".saf
                    "opened. Use the .safetensors version of these weights")
     else:
         problem = f"is not a {kinds} in models/{folder_kind}/ nor a folder in models/diffusers/"
-    return f"{value!r} {problem}. Available: {shown or 'nothing'}."   # ComfyUI prefixes the input's name
+    return f"{quote(value)} {problem}. Available: {shown or 'nothing'}."   # ComfyUI prefixes the input's name
 
 
 def read(choice: str, folder_kind: str, component: str) -> checkpoints.Checkpoint:

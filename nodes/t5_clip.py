@@ -11,6 +11,7 @@ import comfy.text_encoders.t5
 
 from ..allegro.checkpoint_kinds import CheckpointError
 from ..allegro.config import MAX_SIZE, block_count
+from ..allegro.quoting import quote
 
 # transformers' activation names → ComfyUI's T5 activation names
 ACTIVATIONS = {"gelu_new": "gelu_pytorch_tanh", "gelu_pytorch_tanh": "gelu_pytorch_tanh", "gelu": "gelu_pytorch_tanh",
@@ -37,7 +38,7 @@ def check_t5_config(hf_config: dict, weights: dict, source: str) -> None:
     for key in T5_SIZES:
         value, highest = hf_config[key], MAX_VOCABULARY if key == "vocab_size" else MAX_SIZE
         if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= highest:
-            raise CheckpointError(f"{where}: {key} must be a whole number from 1 to {highest}, got {value!r} "
+            raise CheckpointError(f"{where}: {key} must be a whole number from 1 to {highest}, got {quote(value)} "
                                   "(T5-XXL has d_model 4096, d_kv 64, d_ff 10240, 64 heads, 24 layers).")
     c = hf_config
     gated = "encoder.block.0.layer.1.DenseReluDense.wi_0.weight" in weights
@@ -78,7 +79,7 @@ def comfy_t5_config(hf_config: dict) -> dict:
     gated = hf_config.get("is_gated_act", projection.startswith("gated-"))
     activation = hf_config.get("dense_act_fn", "gelu_new" if projection == "gated-gelu" else projection.split("-")[-1])
     if activation not in ACTIVATIONS:
-        raise ValueError(f"Unsupported T5 activation {activation!r} in text_encoder/config.json")
+        raise ValueError(f"Unsupported T5 activation {quote(activation)} in text_encoder/config.json")
     buckets = hf_config.get("relative_attention_num_buckets", 32)
     if buckets != 32 or hf_config.get("relative_attention_max_distance", 128) != 128:
         raise ValueError("ComfyUI's T5 supports 32 relative-position buckets up to distance 128; "

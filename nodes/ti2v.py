@@ -13,7 +13,7 @@ import node_helpers
 from ..allegro.config import LATENT_CHANNELS
 from ..allegro.geometry import check_video_size, decoded_frames
 from ..allegro.ti2v import RESIZE_MODES, conditioning_indices, frame_mask, prepare_image
-from . import video_latent
+from . import checks, video_latent
 from .latent import size_inputs
 from .memory import check_fits_in_memory
 
@@ -39,12 +39,11 @@ def ti2v_outputs() -> list:
     ]
 
 
-def single_image(image: torch.Tensor | None, name: str) -> torch.Tensor | None:
-    """One IMAGE frame [H, W, C]; a batch of several is refused with what to do."""
+def single_image(image: torch.Tensor | None, name: str, node: str) -> torch.Tensor | None:
+    """One IMAGE frame [H, W, C]; an empty image or a batch of several is refused with what to do."""
     if image is None:
         return None
-    if image.ndim != 4 or image.shape[0] < 1:
-        raise ValueError(f"{name} must be an IMAGE [batch, height, width, channels]; got shape {list(image.shape)}.")
+    checks.image(node, name, image)
     if image.shape[0] != 1:
         raise ValueError(f"{name} holds {image.shape[0]} images; Allegro-TI2V takes exactly one per frame. "
                          "Pick one with 'Image From Batch' (or load a single image).")
@@ -101,8 +100,9 @@ class AllegroTI2VConditioning(io.ComfyNode):
     @classmethod
     def execute(cls, positive, negative, vae, first_frame, width, height, length, last_frame=None,
                 resize="crop") -> io.NodeOutput:
-        first, last = single_image(first_frame, "first_frame"), single_image(last_frame, "last_frame")
+        node = "Allegro TI2V Conditioning"
+        first, last = single_image(first_frame, "first_frame", node), single_image(last_frame, "last_frame", node)
         images = [first] + ([last] if last is not None else [])
         frames = dict(zip(conditioning_indices(length, last is not None), images))
         return image_conditioning(positive, negative, vae, frames, width, height, length, resize,
-                                  "Allegro TI2V Conditioning")
+                                  node)

@@ -7,6 +7,8 @@ widget to edit, and negative indices counted from the end like the reference's [
 from comfy_api.v0_0_2 import io
 
 from ..allegro.ti2v import continuation_frames, parse_frame_indices, resolve_frame_indices
+from ..allegro.quoting import quote
+from . import checks
 from .latent import size_inputs
 from .ti2v import CATEGORY, image_conditioning, resize_input, single_image, ti2v_outputs
 
@@ -15,13 +17,11 @@ LENGTH_TOOLTIP = "Frames (a multiple of 4, or one more); 88 = 6 s at 15 fps as t
 
 def keyframes(images, indices: str, length: int) -> dict:
     """{frame: image} from an IMAGE batch and its index list, checked against the clip's length."""
-    if images.ndim != 4 or images.shape[0] < 1:
-        raise ValueError(f"images must be an IMAGE batch [images, height, width, channels]; got shape "
-                         f"{list(images.shape)}.")
+    checks.image("Allegro TI2V Keyframes", "images", images, "an IMAGE batch")
     wanted = parse_frame_indices(indices)
     if len(wanted) != images.shape[0]:
         raise ValueError(f"images holds {images.shape[0]} image(s) but indices lists {len(wanted)} frame(s) "
-                         f"({indices.strip()!r}): give exactly one frame index per image, in the batch's order.")
+                         f"({quote(indices.strip())}): give exactly one frame index per image, in the batch's order.")
     return dict(zip(resolve_frame_indices(wanted, length), images))
 
 
@@ -92,12 +92,11 @@ class AllegroTI2VContinue(io.ComfyNode):
     @classmethod
     def execute(cls, positive, negative, vae, previous_frames, overlap_frames, width, height, length, resize,
                 last_frame=None) -> io.NodeOutput:
-        if previous_frames.ndim != 4 or previous_frames.shape[0] < 1:
-            raise ValueError(f"previous_frames must be video frames [frames, height, width, channels]; got shape "
-                             f"{list(previous_frames.shape)}.")
+        node = "Allegro TI2V Continue Video"
+        checks.image(node, "previous_frames", previous_frames, "video frames")
+        overlap_frames = checks.whole_number(node, "overlap_frames", overlap_frames, 1)
         frames = continuation_frames(previous_frames, overlap_frames, length)
-        last = single_image(last_frame, "last_frame")
+        last = single_image(last_frame, "last_frame", node)
         if last is not None:
             frames[length - 1] = last
-        return image_conditioning(positive, negative, vae, frames, width, height, length, resize,
-                                  "Allegro TI2V Continue Video")
+        return image_conditioning(positive, negative, vae, frames, width, height, length, resize, node)

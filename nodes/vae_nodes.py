@@ -9,6 +9,7 @@ from comfy_api.v0_0_2 import io
 
 from ..allegro.config import FRAME_RATE, TEMPORAL_FACTOR
 from ..allegro.geometry import VideoSize
+from ..allegro.quoting import quote
 from ..allegro.vae_tiling import TileSettings
 from . import checks, comfy_vae, video_latent
 from .memory import check_fits_in_memory
@@ -110,6 +111,10 @@ class AllegroVAEDecode(io.ComfyNode):
         if not video_latent.is_video_latent(latent):
             raise ValueError(f"'Allegro VAE Decode' takes an Allegro video latent {video_latent.SHAPE} as 'samples'; "
                              f"got shape {list(latent.shape)}. Decode other models' latents with their own VAE.")
+        if video_latent.empty_axes(latent):
+            raise ValueError(f"'Allegro VAE Decode' got an empty latent (shape {list(latent.shape)}: "
+                             f"{video_latent.empty_axes(latent)}): there is nothing to decode. Check the node that made "
+                             "it (a latent cut or batch selection that kept no frames).")
         vae = allegro_vae(vae, "Allegro VAE Decode")
         tiles = checked_tiles("Allegro VAE Decode", tiles)
         if not checks.is_finite(latent):
@@ -119,7 +124,7 @@ class AllegroVAEDecode(io.ComfyNode):
         check_fits_in_memory(VideoSize(width * vae.config.spatial_factor, height * vae.config.spatial_factor,
                                        frames * vae.config.temporal_factor), batch)
         if tiling not in TILINGS:
-            raise ValueError(f"'Allegro VAE Decode' got tiling = {str(tiling)[:40]!r}: it must be one of "
+            raise ValueError(f"'Allegro VAE Decode' got tiling = {quote(tiling)}: it must be one of "
                              f"{', '.join(TILINGS)}.")
         settings = tiles_for(vae, **tiles)
         if tiling == "auto":
@@ -151,10 +156,13 @@ class AllegroVAEEncode(io.ComfyNode):
 
     @classmethod
     def execute(cls, frames, vae, **tiles) -> io.NodeOutput:
-        if frames.ndim != 4 or frames.shape[0] < 1:
-            raise ValueError(f"'Allegro VAE Encode' needs video frames [frames, height, width, channels]; got "
-                             f"shape {list(frames.shape)}.")
+        checks.image("Allegro VAE Encode", "frames", frames, "video frames")
         vae = allegro_vae(vae, "Allegro VAE Encode")
+        smallest = vae.config.spatial_factor
+        if min(frames.shape[1:3]) < smallest:
+            raise ValueError(f"'Allegro VAE Encode' got frames of {frames.shape[2]}x{frames.shape[1]} pixels; the VAE "
+                             f"needs at least {smallest}x{smallest} (it makes one latent pixel of {smallest}x{smallest}; "
+                             "the sampler needs sides a multiple of 16). Resize the frames first.")
         tiles = checked_tiles("Allegro VAE Encode", tiles)
         if not checks.is_finite(frames):
             raise ValueError(f"The frames to encode hold {checks.count_non_finite(frames)}: the node that made them "

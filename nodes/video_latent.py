@@ -26,3 +26,10 @@ def video_frames(latent: dict) -> int:
 
 def is_video_latent(samples: torch.Tensor) -> bool:
     return samples.ndim == 5 and samples.shape[1] == LATENT_CHANNELS
+
+
+def empty_axes(samples: torch.Tensor) -> str | None:
+    """'frames 0, height 0' for a video latent with axes of size 0 (nothing to sample or decode), else None."""
+    names = ("batch", "channels", "frames", "height", "width")
+    empty = [f"{name} 0" for name, size in zip(names, samples.shape) if size == 0]
+    return ", ".join(empty) or None

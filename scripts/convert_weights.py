@@ -10,25 +10,38 @@ file's metadata, so the single file loads in 'Load Allegro Model' without its fo
 ComfyUI/models/diffusion_models/.
 
 Which tensors are quantised: `allegro.quantization.storage_format` (the 32 blocks' attention and
-MLP weights; embeddings, the final projection and 1-D tensors stay 16/32-bit). K-quant search runs
-on --device (a GPU converts the 2.8B-parameter model in seconds; a CPU takes minutes).
+MLP weights; embeddings, the final projection and 1-D tensors stay 16/32-bit). A weight whose rows
+are not whole blocks of the format (Q4_K/Q5_K/Q6_K: 256 values, Q8_0: 32) stays 16-bit and the
+converter names how many and which; when that leaves no weight to quantise (a model narrower than
+the block), it refuses instead of writing an unquantised file. K-quant search runs on --device (a
+GPU converts the 2.8B-parameter model in seconds; a CPU takes minutes).
+
+The file is written under a temporary name beside DST (`.<name>.<random>.partial`, which no loader
+lists) and renamed to DST only once complete: a full disk or a crash never leaves a partial .gguf
+/ .safetensors, and with --overwrite the old file stays until the new one replaces it.
 """
 import argparse
+import contextlib
+import errno
 import json
+import os
 import sys
 import time
+import uuid
 from pathlib import Path
-
-import torch
 
 from allegro import config as allegro_config
 from allegro.checkpoint_kinds import ALLEGRO_T2V, ALLEGRO_TI2V, KIND_DESCRIPTIONS, CheckpointError, identify_checkpoint, \
     strip_prefix
 from allegro.checkpoints import read_checkpoint
-from allegro.quantization import FP8_SCALED, TARGETS, QuantizedWeight, formats_in, quantize_tensor, \
-    scaled_fp8_state_dict
+from allegro.devices import parse_device
+from allegro.gguf_quants import FORMATS as GGUF_BLOCKS
+from allegro.quantization import FP8_SCALED, TARGETS, QuantizedWeight, block_weights, formats_in, quantize_tensor, \
+    rows_not_in_blocks, scaled_fp8_state_dict
+from allegro.weight_shapes import check_transformer_shapes
 
 TRANSFORMER_CLASSES = {ALLEGRO_T2V: "AllegroTransformer3DModel", ALLEGRO_TI2V: allegro_config.TI2V_CLASS}
+PARTIAL_SUFFIX = ".partial"            # the temporary file's; ComfyUI lists no file with it
 
 
 def output_path(source: Path, destination: Path, quant: str) -> Path:
@@ -65,7 +78,9 @@ def convert(source, destination, quant: str, device: str = "cpu", overwrite: boo
                               "release weights instead.")
     label = str(checkpoint.source / "config.json") if checkpoint.source.is_dir() else checkpoint.source.name
     config = allegro_config.decide_transformer_config(weights, found.kind, checkpoint.declared, label)
+    check_transformer_shapes(config, weights, str(checkpoint.source))
     latent_scale = allegro_config.decide_latent_scale(checkpoint.companions.get("vae"))
+    report_unquantised(weights, quant, checkpoint.source, log)
     log(f"{KIND_DESCRIPTIONS[found.kind]}: {sum(v.numel() for v in weights.values()) / 1e9:.2f}B parameters, "
         f"{config.num_layers} blocks of width {config.inner_dim}; quantising to {quant} on {device}")
     started = time.perf_counter()
@@ -76,17 +91,68 @@ def convert(source, destination, quant: str, device: str = "cpu", overwrite: boo
                                         None if value.scale is None else value.scale.cpu())
                         if isinstance(value, QuantizedWeight) else value.cpu())
     metadata = file_config(config, latent_scale, found.kind)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    if quant == FP8_SCALED:
-        from safetensors.torch import save_file
-        save_file(scaled_fp8_state_dict(stored), str(target), metadata={"format": "pt", "config": json.dumps(metadata)})
-    else:
-        from allegro.gguf_file import write_gguf
-        write_gguf(target, stored, metadata)
+    try:
+        with written_in_place(target) as partial:
+            if quant == FP8_SCALED:
+                from safetensors.torch import save_file
+                save_file(scaled_fp8_state_dict(stored), str(partial),
+                          metadata={"format": "pt", "config": json.dumps(metadata)})
+            else:
+                from allegro.gguf_file import write_gguf
+                write_gguf(partial, stored, metadata)
+    except OSError as error:
+        needed = sum(value.nbytes for value in stored.values())
+        raise CheckpointError(write_failure(target, error, needed)) from None
     counts = ", ".join(f"{count} {name}" for name, count in sorted(formats_in(stored).items()))
     log(f"wrote {target} ({target.stat().st_size / 2**30:.2f} GiB) in {time.perf_counter() - started:.0f} s; "
         f"tensors: {counts}")
     return target
+
+
+def report_unquantised(weights: dict, quant: str, source, log) -> None:
+    """Log the weights `quant` keeps 16-bit because their rows are not whole blocks; refuse when that
+    is every weight it would quantise (the output would be an unquantised file under a quantised name)."""
+    shapes = {name: tuple(value.shape) for name, value in weights.items()}
+    misfits = rows_not_in_blocks(shapes, quant)
+    if not misfits:
+        return
+    block = GGUF_BLOCKS[quant][0]
+    lengths = ", ".join(str(n) for n in sorted({shape[-1] for shape in misfits.values()}))
+    candidates = len(block_weights(shapes))
+    if len(misfits) == candidates:
+        left = {name: len(rows_not_in_blocks(shapes, name)) for name in TARGETS}
+        fully = [name for name, count in left.items() if count == 0]
+        partly = [name for name, count in left.items() if 0 < count < candidates]
+        raise CheckpointError(
+            f"{source}: {quant} stores rows in blocks of {block} values, but none of the model's {candidates} "
+            f"block weights has such rows (their rows are {lengths} values long), so the file would not be "
+            f"quantised at all. Nothing was written. Use {' or '.join(fully)} for this model"
+            + (f", or {' / '.join(partly)}, which quantise only part of them." if partly else "."))
+    examples = ", ".join(sorted(misfits)[:4])
+    log(f"kept unquantised (16-bit): {len(misfits)} of the {candidates} block weights, whose rows ({lengths} values) "
+        f"are not whole {quant} blocks of {block}, e.g. {examples}")
+
+
+@contextlib.contextmanager
+def written_in_place(target: Path):
+    """A temporary path beside `target` to write; renamed to `target` when the block ends without error
+    (replacing any file there only then), removed when it fails."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}{PARTIAL_SUFFIX}")
+    try:
+        yield partial
+        os.replace(partial, target)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+
+
+def write_failure(target: Path, error: OSError, needed: int) -> str:
+    """What went wrong writing `target`, and that nothing partial was left."""
+    reason = "the disk is full" if error.errno in (errno.ENOSPC, errno.EDQUOT) else error.strerror or str(error)
+    kept = "the existing file is unchanged" if target.exists() else "no partial file was left"
+    return (f"could not write {target}: {reason}. Nothing was written ({kept}). The file needs about "
+            f"{needed / 2**30:.2f} GiB: free that much space in {target.parent} or give another destination.")
 
 
 def main(argv=None) -> int:
@@ -98,7 +164,8 @@ def main(argv=None) -> int:
     parser.add_argument("--overwrite", action="store_true")
     args = parser.parse_args(argv)
     try:
-        convert(args.source, args.destination, args.quant, torch.device(args.device), args.overwrite)
+        device = parse_device(args.device, "--device")
+        convert(args.source, args.destination, args.quant, device, args.overwrite)
     except (CheckpointError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

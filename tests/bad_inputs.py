@@ -204,8 +204,10 @@ def listing(folder: Path) -> set[str]:
 
 LINK_NODE_PACK = "allegro_test_links"
 LINK_NODE = "AllegroTest_AnyValue"
-LINK_NODE_SOURCE = '''"""Test-only node (written by the ComfyUI-Allegro test suite): its output is the JSON value typed
-into it, typed "*" so that it links into any input, as the "any" outputs of many node packs do."""
+TENSOR_NODE = "AllegroTest_TensorValue"
+LINK_NODE_SOURCE = '''"""Test-only nodes (written by the ComfyUI-Allegro test suite): their output is the JSON value typed
+into them, or a tensor made from a JSON shape and fill, typed "*" so that it links into any input, as
+the "any" outputs of many node packs do."""
 import json
 
 
@@ -227,8 +229,31 @@ class AnyValue:
         return (json.loads(json_value),)
 
 
-NODE_CLASS_MAPPINGS = {"%s": AnyValue}
-''' % LINK_NODE
+class TensorValue:
+    """A tensor of any shape (IMAGE-like, or a LATENT dict) filled with one value (NaN and Infinity
+    included) or, with fill null, a ramp from 0 to 1."""
+    CATEGORY = "testing"
+    FUNCTION = "run"
+    RETURN_TYPES = (AnyType("*"),)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"shape_json": ("STRING", {"default": "[1, 8, 8, 3]"}),
+                             "fill_json": ("STRING", {"default": "null"}),
+                             "as_latent": ("BOOLEAN", {"default": False})}}
+
+    def run(self, shape_json, fill_json, as_latent):
+        import torch
+        shape, fill = json.loads(shape_json), json.loads(fill_json)
+        count = 1
+        for size in shape:
+            count *= size
+        tensor = (torch.linspace(0, 1, count) if fill is None else torch.full((count,), float(fill))).reshape(shape)
+        return ({"samples": tensor} if as_latent else tensor,)
+
+
+NODE_CLASS_MAPPINGS = {"%s": AnyValue, "%s": TensorValue}
+''' % (LINK_NODE, TENSOR_NODE)
 
 
 def write_link_node(base_dir: Path) -> None:
@@ -241,3 +266,10 @@ def write_link_node(base_dir: Path) -> None:
 def linked_value(value) -> dict:
     """The test node's API entry giving `value` (any JSON value, NaN and Infinity included)."""
     return {"class_type": LINK_NODE, "inputs": {"json_value": json.dumps(value)}}
+
+
+def tensor_value(shape, fill=None, as_latent: bool = False) -> dict:
+    """The tensor test node's API entry: a tensor of `shape` filled with `fill` (a ramp 0..1 when None),
+    as {"samples": tensor} with `as_latent`."""
+    return {"class_type": TENSOR_NODE, "inputs": {"shape_json": json.dumps(list(shape)), "fill_json": json.dumps(fill),
+                                                  "as_latent": as_latent}}

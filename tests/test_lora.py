@@ -162,3 +162,54 @@ def test_strength_zero_returns_the_model_and_foreign_loras_are_refused(comfy, ba
     assert load_allegro_lora(comfy, patcher, names["first", "kohya"], 0.0) is patcher
     with pytest.raises(ValueError, match="no tensor for the Allegro transformer"):
         load_allegro_lora(comfy, patcher, "allegro_not_for_allegro.safetensors")
+
+
+def wider(lora: dict, factor: int = 2) -> dict:
+    """The same layers at `factor` times the width: a LoRA made for a larger Allegro model."""
+    return {module: (down.repeat(1, factor), up.repeat(factor, 1), alpha) for module, (down, up, alpha) in lora.items()}
+
+
+@pytest.fixture(scope="module")
+def mismatched_loras(base_dir, lora_files):
+    loras, _ = lora_files
+    folder = base_dir / "models" / "loras"
+    other_width = in_format(wider(loras["first"]), "transformer.")
+    save_file(other_width, folder / "allegro_other_width.safetensors")
+    # Half right: the layers of block 0 from this model, the rest made for the wider one, plus names of no layer.
+    half = {**in_format(wider(loras["first"]), "transformer."),
+            **in_format({m: v for m, v in loras["first"].items() if m.startswith("transformer_blocks.0.")}, "transformer."),
+            "transformer.transformer_blocks.7.attn1.to_q.lora_A.weight": torch.zeros(RANK, 48)}
+    save_file(half, folder / "allegro_half_right.safetensors")
+    return {"other width": len(other_width), "half right": len(half)}
+
+
+def test_a_lora_made_for_another_width_is_refused_naming_the_sizes(comfy, base, mismatched_loras):
+    patcher, _ = base
+    with pytest.raises(ValueError) as error:
+        load_allegro_lora(comfy, patcher, "allegro_other_width.safetensors")
+    message = str(error.value)
+    assert f"None of the {mismatched_loras['other width']} tensors of allegro_other_width.safetensors fits" in message
+    assert "have other sizes" in message and "Nothing was applied" in message, message
+
+
+def test_a_lora_that_fits_only_in_part_says_how_much_was_applied(comfy, base, lora_files, mismatched_loras, caplog):
+    patcher, weights = base
+    loras, _ = lora_files
+    with caplog.at_level("WARNING"):
+        patched = load_allegro_lora(comfy, patcher, "allegro_half_right.safetensors")
+    warning = next(r.getMessage() for r in caplog.records if "allegro_half_right.safetensors: applied" in r.getMessage())
+    block0 = {m: v for m, v in loras["first"].items() if m.startswith("transformer_blocks.0.")}
+    # down, up and alpha of each of block 0's layers
+    assert f"applied {3 * len(block0)} of its {mismatched_loras['half right']} tensors" in warning, warning
+    assert "1 name no layer of this model" in warning and "have other sizes" in warning, warning
+    # What was applied is exactly block 0's part.
+    assert relative_error(patched_weights(comfy, patched), merged(weights, (block0, 1.0))) <= 1e-4
+
+
+def test_a_model_file_picked_as_a_lora_is_named_as_such(comfy, base, tiny_models, base_dir):
+    import shutil
+    patcher, _ = base
+    target = base_dir / "models" / "loras" / "allegro_dit_as_lora.safetensors"
+    shutil.copy2(tiny_models["t2v_file"], target)
+    with pytest.raises(ValueError, match="holds a model's own weights .* not a LoRA's adapter tensors"):
+        load_allegro_lora(comfy, patcher, target.name)
