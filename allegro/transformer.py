@@ -212,7 +212,10 @@ class AllegroTransformer3D(nn.Module):
 
     def rope(self, grid, device) -> RotaryEmbedding3D:
         key = (grid, str(device))
-        if key not in self._rope_cache:
+        cached = self._rope_cache.get(key)
+        # Tables built during a sampling run (ComfyUI runs nodes under torch.inference_mode) cannot be
+        # saved for backward: a later training run (inference mode off) builds its own.
+        if cached is None or (cached.cos[0].is_inference() and not torch.is_inference_mode_enabled()):
             c = self.config
             scales = (c.interpolation_scale_t, c.interpolation_scale_h, c.interpolation_scale_w)
             self._rope_cache = {key: RotaryEmbedding3D(c.attention_head_dim, grid, scales, device,

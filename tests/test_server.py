@@ -12,7 +12,8 @@ PACKAGE_NODES = {"AllegroVideo_ModelLoader", "AllegroVideo_VAELoader", "AllegroV
                  "AllegroVideo_StepCache", "AllegroVideo_LoraLoader", "AllegroVideo_TI2VKeyframes",
                  "AllegroVideo_TI2VContinue", "AllegroVideo_JoinClips", "AllegroVideo_MultiGPU",
                  "AllegroVideo_BlockSwap",
-                 "AllegroVideo_PeRFlowSampler"}
+                 "AllegroVideo_PeRFlowSampler",
+                 "AllegroVideo_TrainingClip", "AllegroVideo_TrainLoRA"}
 # The node ids of the other Allegro pack (bombax-xiaoice/ComfyUI-Allegro): ComfyUI lets the pack loaded
 # last silently replace an id, so ours must never be one of these.
 OTHER_PACK_NODE_IDS = {"LoadAllegroModel", "AllegroSampler", "AllegroDecoder", "AllegroEncoder", "AllegroTextEncoder",
