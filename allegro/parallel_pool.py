@@ -6,7 +6,8 @@ sends them the DiT once per set of weights (`load`), then runs the blocks of eac
 (`run_blocks`, the `blocks_runner` of AllegroTransformer3D.forward). Workers stay up between calls and
 end with `close()`, at interpreter exit, or by themselves when this process goes away.
 
-Failure never hangs: a worker that exits, fails or stops answering for `timeout_s` seconds turns into one
+Before each use the pool asks `alive()`, which pings every worker on its command pipe, so a worker killed
+while idle is noticed before any work is sent to it. Failure never hangs: a worker that exits, fails or stops answering for `timeout_s` seconds turns into one
 WorkerError naming the rank, its device and its last words; the group is then shut down, and the
 caller may start a new one. Pure PyTorch.
 """
@@ -55,6 +56,7 @@ class RankGroup:
         self.store = self.notes = self.context = None
         self.loaded_key = None
         self.call_id = 0
+        self.pings = 0                 # liveness checks sent (alive())
         self.last_reports = None       # (status, blocks run) of every rank in the last call
         self.state = "new"             # new → running → closed
 
@@ -108,7 +110,29 @@ class RankGroup:
             time.sleep(0.05)
 
     def alive(self) -> bool:
-        return self.state == "running" and all(worker.poll() is None for worker in self.workers)
+        """Whether every worker is up and answering, checked before the group is used. Popen.poll() alone is
+        not enough: a worker just killed looks alive until the kernel has torn it down (~0.1 s for a process
+        holding a model), so each worker must also answer a ping on its command pipe, which a killed process
+        never does. Waits at most `timeout_s` for the answers (a frozen worker counts as dead)."""
+        if self.state != "running" or any(worker.poll() is not None for worker in self.workers):
+            return False
+        self.pings += 1
+        keys = [f"pong/{self.pings}/{rank}" for rank in range(1, self.layout.world)]
+        try:
+            self._send({"op": "ping", "id": self.pings})
+        except WorkerError:                               # a closed pipe: the group is shut down already
+            return False
+        deadline = time.monotonic() + self.timeout_s
+        while True:
+            try:
+                self.notes.wait(keys, timedelta(milliseconds=50))
+                break
+            except RuntimeError:                          # not all answered yet (the store's wait timed out)
+                if any(worker.poll() is not None for worker in self.workers) or time.monotonic() > deadline:
+                    return False
+        for key in keys:
+            self.notes.delete_key(key)
+        return True
 
     def close(self, kill: bool = False):
         """Tell the workers to exit (kill them if `kill` or if they do not within 10 s), end the process group."""

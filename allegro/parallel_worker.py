@@ -7,6 +7,7 @@ JSON line each on stdin:
   {"op": "load", "config": {...}, "dtype": "bfloat16", "tensors": [[name, shape, dtype], ...]}
       the DiT's config; its weights follow as broadcasts in that order (rank 0's weights, patches included)
   {"op": "blocks", "call": {...}}      one run of the blocks (allegro.parallel.run_block_call)
+  {"op": "ping", "id": N}              answered by setting the store key pong/N/<rank> (rank 0's liveness check)
   {"op": "exit"}
 It exits when stdin closes (rank 0's process is gone, however it ended), and on any error after leaving
 the reason in the store for rank 0. Pure PyTorch: the model is built from allegro/, not ComfyUI.
@@ -101,6 +102,8 @@ def main(argv=None):
                     key = stop_key(call.call_id)
                     context.stop_requested = lambda: notes.check([key])
                     run_block_call(model, context, call)
+                elif command["op"] == "ping":
+                    notes.set(f"pong/{command['id']}/{args.rank}", "1")
                 elif command["op"] == "exit":
                     break
                 else:

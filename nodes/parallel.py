@@ -139,9 +139,11 @@ def rank_group(layout: ParallelLayout, devices: list[str]) -> RankGroup:
     """The process's rank group for this layout and these devices: kept while they stay the same and its
     workers live; otherwise the old one is shut down and a new one started."""
     global _group
-    if _group is not None and (_group.layout != layout or _group.devices != devices or not _group.alive()):
-        _group.close(kill=not _group.alive())
-        _group = None
+    if _group is not None:
+        alive = _group.alive()          # a worker killed a moment ago counts as dead (see RankGroup.alive)
+        if not alive or _group.layout != layout or _group.devices != devices:
+            _group.close(kill=not alive)
+            _group = None
     if _group is None:
         group = RankGroup(layout, devices)
         group.start()

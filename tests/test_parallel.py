@@ -283,6 +283,21 @@ def test_a_worker_that_died_between_calls_is_reported_at_the_next_call():
         group.close()
 
 
+@pytest.mark.slow
+def test_a_worker_killed_while_idle_is_not_alive_even_before_it_is_reaped():
+    """The pool asks alive() right before it uses the group: a worker killed a moment earlier must already count
+    as dead (its process may still exist while the kernel tears it down, so Popen.poll() alone says alive)."""
+    model = random_model()
+    group = start(1, 2)
+    try:
+        runner_for(group, model)
+        assert group.alive()
+        os.kill(group.workers[0].pid, signal.SIGKILL)
+        assert not group.alive()                     # asked at once, not after waiting for the process to go
+    finally:
+        group.close(kill=True)
+
+
 RANK0_SCRIPT = textwrap.dedent("""
     import os, sys
     from allegro.parallel import ParallelLayout
