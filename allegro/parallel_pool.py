@@ -3,7 +3,7 @@
 `RankGroup(layout, devices)` makes this process rank 0 (on devices[0]) and starts one worker process per
 other device (`python -m allegro.parallel_worker`), which rendezvous through a store on 127.0.0.1. It
 sends them the DiT once per set of weights (`load`), then runs the blocks of each DiT call with them
-(`run_blocks`, the `blocks_runner` of AllegroTransformer3D.forward). Workers stay up between calls and
+(`run_blocks`, called by a host's wrapper of the DiT's blocks stage). Workers stay up between calls and
 end with `close()`, at interpreter exit, or by themselves when this process goes away.
 
 Before each use the pool asks `alive()`, which pings every worker on its command pipe, so a worker killed
@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from .dit_wrappers import INNER, NO_WRAPPERS, BlocksInput, DiTWrapper, Wrappers
 from .parallel import BlockCall, Cancelled, ParallelLayout, RankContext, new_sequence_group, run_block_call, stop_key
 from .parallel_worker import NOTES_PREFIX
 
@@ -187,10 +188,12 @@ class RankGroup:
             dist.barrier()
         self.loaded_key = key
 
-    def run_blocks(self, model, tokens, caption, modulation, caption_bias, rope, should_stop=None):
+    def run_blocks(self, model, tokens, caption, modulation, caption_bias, rope, should_stop=None,
+                   wrappers=NO_WRAPPERS):
         """AllegroTransformer3D.run_blocks across the group (the model must be `load`ed): tokens [B, N, dim] →
         [B, N, dim]. should_stop() → bool is polled before every block; when it says stop, every rank stops
-        within a block and Cancelled is raised here."""
+        within a block and Cancelled is raised here. `wrappers`: rank 0's own block-stage wrappers (e.g.
+        block swap), which must not change what the blocks compute."""
         self._require_running()
         self.call_id += 1
         call = BlockCall(self.call_id, tokens.shape[0], tokens.shape[1], tuple(rope.grid), caption.shape[1],
@@ -212,7 +215,7 @@ class RankGroup:
         try:
             with self._watch("running the transformer blocks"):
                 output, self.last_reports = run_block_call(model, self.context, call, tokens, caption, modulation,
-                                                           caption_bias, rope)
+                                                           caption_bias, rope, wrappers)
         except Cancelled as cancelled:
             self.last_reports = cancelled.args[0] if cancelled.args else None
             raise
@@ -272,6 +275,32 @@ class RankGroup:
             return self.notes.get(key).decode() if self.notes is not None and self.notes.check([key]) else None
         except Exception:
             return None
+
+
+class OnRankGroup(DiTWrapper):
+    """The DiT's blocks stage on a rank group: the multi-GPU wrapper. `group`: a started RankGroup holding the
+    model (`load`), or a subclass's `group_for(call)`. Rank 0's block- and attention-stage wrappers run on rank 0
+    only, so one that changes what the blocks compute is refused."""
+    name = "Allegro Multi-GPU"
+    order = INNER
+    changes_output = False
+
+    def __init__(self, group: RankGroup | None = None, should_stop=None):
+        self.group, self.should_stop = group, should_stop
+
+    def check_compatible(self, others):
+        for other in others:
+            if other.changes_output and (other.takes_part("block") or other.takes_part("attention")):
+                raise ValueError(f"{other.name} cannot run on the 'Allegro Multi-GPU' rank group (its other GPUs "
+                                 "would run the blocks without it): remove one of the two nodes.")
+
+    def group_for(self, call: BlocksInput) -> RankGroup:
+        return self.group
+
+    def wrap_blocks(self, run, call: BlocksInput):
+        local = Wrappers([w for w in call.wrappers.items if not w.takes_part("blocks")])
+        return self.group_for(call).run_blocks(call.model, call.tokens, call.context, call.modulation,
+                                               call.context_bias, call.rope, self.should_stop, local)
 
 
 class _Watch:

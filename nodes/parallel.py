@@ -1,8 +1,8 @@
 """Allegro Multi-GPU: one video sampled on several GPUs at once (CFG parallel and Ulysses sequence
 parallel, allegro/parallel.py), for the Allegro sampler and the stock samplers alike.
 
-The node only marks a clone of the MODEL: its transformer_options carry a ParallelRoute, and the DiT's
-forward (comfy_model.AllegroDiffusionModel) hands its blocks to the route. ComfyUI's process is rank 0
+The node only marks a clone of the MODEL: its transformer_options carry a ParallelRoute, a wrapper of the
+DiT's blocks stage (allegro/dit_wrappers.py) that runs them on the rank group. ComfyUI's process is rank 0
 on ComfyUI's own device; the package owns one worker process per other device (allegro/parallel_pool.py),
 started at the first step that needs them, kept warm with the model loaded until another layout is
 asked for or the server stops. A worker dying is an error for that run only; the next run starts anew.
@@ -19,7 +19,8 @@ import comfy.model_management
 import comfy.ops
 
 from ..allegro.parallel import Cancelled, ParallelLayout
-from ..allegro.parallel_pool import RankGroup
+from ..allegro.dit_wrappers import BlocksInput
+from ..allegro.parallel_pool import OnRankGroup, RankGroup
 
 CATEGORY = "Allegro/sampling"
 OPTION = "allegro_parallel"
@@ -29,34 +30,33 @@ _lock = threading.Lock()
 _group: RankGroup | None = None           # the process's one rank group (torch.distributed allows one)
 
 
-class ParallelRoute:
+class ParallelRoute(OnRankGroup):
     """What a multi-GPU MODEL carries in transformer_options: the rank layout, the workers' devices (as the
-    user wrote them), and the ComfyUI model whose weights the workers mirror."""
+    user wrote them), and the ComfyUI model whose weights the workers mirror. The process's rank group is
+    started (or found) at the first call that needs it."""
 
     def __init__(self, layout: ParallelLayout, devices: str, base_model):
+        super().__init__(should_stop=comfy.model_management.processing_interrupted)
         self.layout, self.devices = layout, devices
         self.base_model = base_model
 
     def __deepcopy__(self, memo):           # ComfyUI 0.3.75 / 0.8.0 deep-copy model_options on every clone
         return self
 
-    def blocks_runner(self, diffusion_model):
-        """A run_blocks stand-in for AllegroTransformer3D.forward that runs the blocks on the rank group."""
-        def run(tokens, caption, modulation, caption_bias, rope):
-            with _lock:
-                group = rank_group(self.layout, worker_devices(self.devices, tokens.device, self.layout.world))
-                key = self.weights_key(tokens.dtype)
-                try:
-                    with cancel_at_block_boundaries():
-                        if key is None or key != group.loaded_key:
-                            group.load(diffusion_model.config, list(diffusion_model.state_dict().items()), key,
-                                       tokens.dtype, transform=patched_weight(diffusion_model))
-                        return group.run_blocks(diffusion_model, tokens, caption, modulation, caption_bias, rope,
-                                                should_stop=comfy.model_management.processing_interrupted)
-                except Cancelled:
-                    comfy.model_management.throw_exception_if_processing_interrupted()
-                    raise comfy.model_management.InterruptProcessingException()
-        return run
+    def wrap_blocks(self, run, call: BlocksInput):
+        diffusion_model = call.model
+        with _lock:
+            self.group = rank_group(self.layout, worker_devices(self.devices, call.tokens.device, self.layout.world))
+            key = self.weights_key(call.tokens.dtype)
+            try:
+                with cancel_at_block_boundaries():
+                    if key is None or key != self.group.loaded_key:
+                        self.group.load(diffusion_model.config, list(diffusion_model.state_dict().items()), key,
+                                        call.tokens.dtype, transform=patched_weight(diffusion_model))
+                    return super().wrap_blocks(run, call)
+            except Cancelled:
+                comfy.model_management.throw_exception_if_processing_interrupted()
+                raise comfy.model_management.InterruptProcessingException()
 
     def weights_key(self, dtype):
         """Names the weights rank 0 computes with now: ComfyUI records on the model which patch set (LoRA…)
@@ -101,12 +101,6 @@ def patched_weight(diffusion_model):
             tensor = function(tensor)
         return tensor
     return transform
-
-
-def parallel_call_arguments(diffusion_model, transformer_options: dict) -> dict:
-    """What the DiT's forward needs from ComfyUI's transformer_options to run its blocks on the rank group."""
-    route = transformer_options.get(OPTION)
-    return {} if route is None else {"blocks_runner": route.blocks_runner(diffusion_model)}
 
 
 def worker_devices(spec: str, rank0: torch.device, world: int) -> list[str]:

@@ -10,6 +10,7 @@ import torch
 
 from allegro.block_swap import BlockSwap, block_tensors, tensor_bytes
 from allegro.config import TransformerConfig
+from allegro.dit_wrappers import Wrappers
 from allegro.transformer import AllegroTransformer3D
 
 
@@ -23,11 +24,11 @@ def small_model(layers=4):
     return model
 
 
-def call(model, seed=1):
+def call(model, swap=None, seed=1):
     generator = torch.Generator().manual_seed(seed)
     x, context = torch.randn(1, 4, 2, 8, 8, generator=generator), torch.randn(1, 6, 32, generator=generator)
     with torch.no_grad():
-        return model(x, torch.tensor([500.0]), context)
+        return model(x, torch.tensor([500.0]), context, wrappers=Wrappers([swap] if swap is not None else []))
 
 
 def pointers(block):
@@ -51,17 +52,18 @@ def test_streamed_blocks_run_on_fetched_copies_prefetched_one_ahead():
 
     for index in swap.streamed:
         model.transformer_blocks[index].register_forward_pre_hook(record(index))
-    assert torch.equal(call(model), expected)
+    assert torch.equal(call(model, swap), expected)
     assert seen == [(1, True, [1, 2]), (2, True, [2, 3]), (3, True, [1, 3])]     # block 3 prefetches the next call's 1
     for index in swap.streamed:                    # back on the host between uses, but for the one prefetched
         assert (pointers(model.transformer_blocks[index]) == host[index]) == (index not in swap.ready)
     block = tensor_bytes(model.transformer_blocks[1])
     assert swap.bytes_streamed == 4 * block                          # blocks 1, 2, 3, and 1 for the next call
-    assert torch.equal(call(model), expected)                        # block 1 came prefetched
+    assert torch.equal(call(model, swap), expected)                  # block 1 came prefetched
     assert swap.bytes_streamed == 7 * block
     swap.remove()
     assert swap.ready == {} and all(pointers(model.transformer_blocks[i]) == host[i] for i in host)
-    assert torch.equal(call(model), expected)
+    assert torch.equal(call(model, swap), expected)                  # removed: the blocks run where they are
+    assert swap.fetches == [0, 3, 2, 2]                              # block 1 also prefetched at the end
 
 
 @pytest.mark.parametrize("resident,prefetch,streamed", [(0, 2, [0, 1, 2, 3]), (4, 1, []), (9, 1, [])])
@@ -70,7 +72,7 @@ def test_resident_counts_and_deeper_prefetch(resident, prefetch, streamed):
     expected = call(model)
     swap = BlockSwap(model, resident=resident, device="cpu", prefetch=prefetch)
     assert swap.streamed == streamed
-    assert torch.equal(call(model), expected)
+    assert torch.equal(call(model, swap), expected)
     assert len(swap.ready) == min(prefetch, len(streamed))
     swap.remove()
 
