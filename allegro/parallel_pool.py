@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from . import parallel_weights
 from .dit_wrappers import INNER, NO_WRAPPERS, BlocksInput, DiTWrapper, Wrappers
 from .parallel import BlockCall, Cancelled, ParallelLayout, RankContext, new_sequence_group, run_block_call, stop_key
 from .parallel_worker import NOTES_PREFIX
@@ -168,23 +169,17 @@ class RankGroup:
 
     # --- work ---------------------------------------------------------------------------------
     def load(self, config, weights: list, key, dtype: torch.dtype, transform=None):
-        """Give every worker the DiT: `config` (a TransformerConfig), `weights` [(name, tensor)] as rank 0 has
-        them, computed in `dtype`. Skipped when `key` (not None) names the weights the workers already hold.
-        transform(name, tensor) → tensor, if given, turns a stored tensor into the one rank 0 computes with
-        (e.g. a low-VRAM LoRA patch), one tensor at a time, keeping its shape."""
+        """Give every worker the DiT: `config` (a TransformerConfig), `weights` [(name, value)] as rank 0 stores
+        them (tensors, QuantizedWeights, parallel_weights.Computed), computed in `dtype`. Skipped when `key`
+        (not None) names the weights the workers already hold. transform(name, tensor) → tensor, if given,
+        turns a stored plain tensor into the one rank 0 computes with (e.g. a low-VRAM LoRA patch)."""
         if key is not None and key == self.loaded_key:
             return
         self._require_running()
-        header = [[name, list(tensor.shape), str(tensor.dtype).removeprefix("torch.")] for name, tensor in weights]
         self._send({"op": "load", "config": _config_dict(config), "dtype": str(dtype).removeprefix("torch."),
-                    "tensors": header})
+                    "tensors": parallel_weights.header(weights)})
         with self._watch("sending the model to the workers"):
-            for (name, tensor), (_, _, dtype_name) in zip(weights, header):
-                tensor = tensor.detach()
-                if transform is not None:
-                    tensor = transform(name, tensor)
-                tensor = tensor.to(device=self.device, dtype=getattr(torch, dtype_name)).contiguous()
-                dist.broadcast(tensor.view(-1).view(torch.uint8), src=0)
+            parallel_weights.send(weights, self.device, transform)
             dist.barrier()
         self.loaded_key = key
 

@@ -179,7 +179,8 @@ def build_model(config: TransformerConfig, state_dict: dict, weight_dtype=None, 
                 fp8_matmul: bool = False, disable_dynamic: bool = False) -> comfy.model_patcher.ModelPatcher:
     """A ModelPatcher over the DiT described by `config`, sampling latents scaled by `latent_scale`; the
     patcher core loaders use (a dynamic-VRAM one where ComfyUI runs it) unless `disable_dynamic`.
-    Quantised weights (GGUF, scaled fp8) stay quantised (quantized_ops, with its own patcher);
+    Quantised weights (GGUF, scaled fp8) stay quantised (quantized_ops, with the core patcher class made
+    to patch dequantised weights);
     `fp8_matmul` asks for fp8 matrix multiplication where ComfyUI says the device supports it, as
     core's `fp8_e4m3fn_fast`."""
     load_device = comfy.model_management.get_torch_device()
@@ -201,8 +202,11 @@ def build_model(config: TransformerConfig, state_dict: dict, weight_dtype=None, 
     comfy_compat.set_inference_dtype(model_config, weight_dtype, manual_cast_dtype, load_device)
     model = model_config.get_model(state_dict, device=offload_device)
     # As core loaders: the patcher first, then the weights, loaded the way that patcher needs them.
-    patcher_class = quantized_ops.QuantizedModelPatcher if quantized else comfy_compat.patcher_class(disable_dynamic)
-    patcher = patcher_class(model, load_device=load_device, offload_device=offload_device)
+    if quantized:
+        patcher = quantized_ops.new_patcher(model, load_device, offload_device, disable_dynamic)
+    else:
+        patcher = comfy_compat.patcher_class(disable_dynamic)(model, load_device=load_device,
+                                                              offload_device=offload_device)
     dit_seam.install_check(patcher)
     missing, unexpected = comfy_compat.load_weights(model.diffusion_model, state_dict, patcher)
     if missing or unexpected:

@@ -9,6 +9,7 @@ asked for or the server stops. A worker dying is an error for that run only; the
 """
 import atexit
 import contextlib
+import functools
 import threading
 import uuid
 
@@ -21,6 +22,9 @@ import comfy.ops
 from ..allegro.parallel import Cancelled, ParallelLayout
 from ..allegro.dit_wrappers import BlocksInput
 from ..allegro.parallel_pool import OnRankGroup, RankGroup
+from ..allegro.parallel_weights import Computed
+from ..allegro.quantization import QuantizedWeight
+from ..allegro.quantized_layers import stored_weights
 
 CATEGORY = "Allegro/sampling"
 OPTION = "allegro_parallel"
@@ -51,8 +55,9 @@ class ParallelRoute(OnRankGroup):
             try:
                 with cancel_at_block_boundaries():
                     if key is None or key != self.group.loaded_key:
-                        self.group.load(diffusion_model.config, list(diffusion_model.state_dict().items()), key,
-                                        call.tokens.dtype, transform=patched_weight(diffusion_model))
+                        self.group.load(diffusion_model.config, sent_weights(diffusion_model, call.tokens.dtype,
+                                                                             call.tokens.device),
+                                        key, call.tokens.dtype, transform=patched_weight(diffusion_model))
                     return super().wrap_blocks(run, call)
             except Cancelled:
                 comfy.model_management.throw_exception_if_processing_interrupted()
@@ -88,6 +93,20 @@ def cancel_at_block_boundaries():
 
 def _no_check():
     pass
+
+
+def sent_weights(diffusion_model, dtype, device) -> list:
+    """The DiT's weights for the workers, as rank 0 stores them (quantised layers' weights quantised), except a
+    quantised layer carrying patches (LoRA…: nodes/quantized_ops applies them to the dequantised weight), whose
+    weight goes as rank 0 computes it, dequantised and patched, made one layer at a time while sending."""
+    layers = dict(diffusion_model.named_modules())
+    weights = []
+    for name, value in stored_weights(diffusion_model):
+        layer = layers.get(name.rpartition(".")[0])
+        if isinstance(value, QuantizedWeight) and (layer.lora_patches is not None or layer.weight_function):
+            value = Computed(tuple(value.shape), dtype, functools.partial(layer.dequantized_weight, dtype, device))
+        weights.append((name, value))
+    return weights
 
 
 def patched_weight(diffusion_model):
