@@ -45,7 +45,7 @@ def test_streamed_blocks_run_on_fetched_copies_prefetched_one_ahead():
 
     def record(index):
         def hook(module, args):
-            # Runs after the swap's own pre-hook: this block is on its fetched copy, the next one is in flight.
+            # Runs inside the swap's wrapper: this block is on its fetched copy, the next one is in flight.
             on_copy = all(p not in host[index] for p in pointers(module))
             seen.append((index, on_copy, sorted(swap.ready)))
         return hook
@@ -116,3 +116,42 @@ def test_sampling_with_block_swap_equals_sampling_without(comfy, tiny_models, qu
     for resident in (0, 1, 2):
         latent, frames = run_t2v(comfy, t2v_graph(name, block_swap=resident))
         assert torch.equal(latent, expected), resident
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fmt", ["fp32", "Q4_K"])
+def test_the_streamed_blocks_really_run_on_copies_brought_in_for_each_call(comfy, quantized_models, fmt, monkeypatch):
+    """Equal results cannot show on CPU that blocks were streamed: this records, at every block's run in the
+    graph, whether its weights are the host's tensors or a copy fetched for that call, and counts the fetches."""
+    import sys
+    from allegro_devtools.graphs import run_t2v, t2v_graph
+    node_module = next(module for name, module in sys.modules.items() if name.endswith(".nodes.block_swap"))
+    swap_class, swaps, runs = node_module.BlockSwap, [], []
+    original_init = swap_class.__init__
+
+    def capturing_init(swap, *args, **kwargs):
+        original_init(swap, *args, **kwargs)
+        swaps.append(swap)
+    monkeypatch.setattr(swap_class, "__init__", capturing_init)
+
+    def recording(run, block):
+        swap = swaps[-1]
+        tensors = block_tensors(swap.blocks[block.index])
+        host = swap.host_data.get(block.index, [])
+        on_copy = bool(host) and not {t.data_ptr() for t in tensors} & {h.data_ptr() for h in host}
+        runs.append((block.index, on_copy))
+        return run(block)
+    original_wrap = swap_class.wrap_block
+    # Innermost of all: runs with the weights the block computes with.
+    monkeypatch.setattr(swap_class, "wrap_block", lambda swap, run, block: original_wrap(
+        swap, lambda inner: recording(run, inner), block))
+    latent, _ = run_t2v(comfy, t2v_graph(quantized_models["t2v"][fmt], block_swap=1, steps=3))
+    assert torch.isfinite(latent).all()
+    swap = swaps[-1]
+    assert swap.streamed == [1]
+    calls = 3                                        # one batched cond + uncond call per step
+    # Block 0 resident (runs on its own tensors), block 1 on a fresh copy every call, back on the host after.
+    assert runs == [(0, False), (1, True)] * calls
+    assert swap.fetches == [0, calls] and swap.bytes_streamed == calls * tensor_bytes(swap.blocks[1])
+    host = swap.host_data[1]
+    assert [t.data_ptr() for t in block_tensors(swap.blocks[1])] == [h.data_ptr() for h in host]
