@@ -7,11 +7,14 @@ device then holds the resident blocks plus at most 1 + prefetch streamed ones.
 
 Tensors are swapped through `.data`, so parameter objects (and anything holding them, such as
 ComfyUI's model patcher) stay the same; any layer type works, quantised ones included (their
-stored bytes are what moves). Inside ComfyUI the Allegro Block Swap node (nodes/block_swap.py)
-installs this after ComfyUI's model management has loaded the model, on the blocks ComfyUI put
-on the GPU as well as the ones it left offloaded.
+stored bytes are what moves). It acts as a wrapper of the DiT's block stage (allegro/dit_wrappers.py):
+a model call streams only with it in the call's Wrappers. Inside ComfyUI the Allegro Block Swap node
+(nodes/block_swap.py) sets this up after ComfyUI's model management has loaded the model, on the
+blocks ComfyUI put on the GPU as well as the ones it left offloaded.
 """
 import torch
+
+from .dit_wrappers import INNER, BlockInput, DiTWrapper
 
 
 def block_tensors(block: torch.nn.Module) -> list[torch.Tensor]:
@@ -22,7 +25,11 @@ def tensor_bytes(block: torch.nn.Module) -> int:
     return sum(t.nbytes for t in block_tensors(block))
 
 
-class BlockSwap:
+class BlockSwap(DiTWrapper):
+    name = "Allegro Block Swap"
+    order = INNER                     # innermost: whatever else wraps a block runs on its fetched weights
+    changes_output = False
+
     def __init__(self, model, resident: int, device, host="cpu", prefetch: int = 1, pin: bool = True,
                  move_resident: bool = True):
         """model: has `.transformer_blocks`. move_resident: also move the resident blocks to `device`
@@ -35,6 +42,8 @@ class BlockSwap:
         self.host_data = {}      # streamed block index → [host tensor of each of block_tensors(block)]
         self.ready = {}          # streamed block index → CUDA event of its copy (None off CUDA)
         self.bytes_streamed = 0
+        self.fetches = [0] * len(self.blocks)       # copies to the device, per block
+        self.active = True                          # False once removed: blocks run where they are
         for index, block in enumerate(self.blocks):
             tensors = block_tensors(block)
             if index < self.resident:
@@ -50,11 +59,15 @@ class BlockSwap:
                 tensor.data = data
                 host_data.append(data)
             self.host_data[index] = host_data
-        self.hooks = []
-        for index in self.host_data:
-            block = self.blocks[index]
-            self.hooks.append(block.register_forward_pre_hook(lambda module, args, i=index: self._before(i)))
-            self.hooks.append(block.register_forward_hook(lambda module, args, output, i=index: self._after(i)))
+
+    def wrap_block(self, run, block: BlockInput):
+        if not self.active or block.index not in self.host_data:
+            return run(block)
+        self._before(block.index)
+        try:
+            return run(block)
+        finally:
+            self._after(block.index)
 
     @property
     def streamed(self) -> list[int]:
@@ -68,6 +81,7 @@ class BlockSwap:
             for tensor, data in zip(block_tensors(self.blocks[index]), self.host_data[index]):
                 tensor.data = data.to(self.device, non_blocking=stream is not None, copy=True)
                 self.bytes_streamed += data.nbytes
+            self.fetches[index] += 1
             if stream is not None:
                 event = torch.cuda.Event()
                 event.record(stream)
@@ -99,10 +113,8 @@ class BlockSwap:
         self.ready.pop(index, None)
 
     def remove(self):
-        """Stop streaming: drop the hooks (streamed blocks stay on the host)."""
-        for hook in self.hooks:
-            hook.remove()
-        self.hooks = []
+        """Stop streaming: drop the prefetched copies (streamed blocks stay on the host)."""
+        self.active = False
         for index in list(self.ready):
             for tensor, data in zip(block_tensors(self.blocks[index]), self.host_data[index]):
                 tensor.data = data

@@ -1,7 +1,7 @@
 """Several ranks run the Allegro DiT's blocks together: CFG parallel and sequence parallel (Ulysses).
 
-One DiT call = embed on rank 0 → the 32 blocks on the rank group → final layer on rank 0
-(`AllegroTransformer3D.forward(..., blocks_runner=...)`). The group is `cfg x seq` ranks:
+One DiT call = embed on rank 0 → the 32 blocks on the rank group → final layer on rank 0 (a host's
+wrapper of the DiT's blocks stage calls RankGroup.run_blocks). The group is `cfg x seq` ranks:
 
 - CFG parallel: the call's batch (ComfyUI batches the conditional and unconditional halves) is split
   into `cfg` parts, one per rank group.
@@ -18,6 +18,8 @@ from dataclasses import asdict, dataclass
 
 import torch
 import torch.distributed as dist
+
+from .dit_wrappers import INNER, NO_WRAPPERS, DiTWrapper
 
 OK, CANCELLED = 0, 1
 
@@ -156,20 +158,26 @@ class UlyssesAttention:
         return back.view(p, batch, part, local, head_dim).permute(1, 0, 2, 3, 4).reshape(batch, heads, local, head_dim)
 
 
-class BlockAttention:
-    """The self-attention callable a rank's blocks use: stop check, then Ulysses (seq > 1) or plain attention.
-    Counts the blocks it ran (reported back to rank 0)."""
+class RankAttention(DiTWrapper):
+    """The attention wrapper every rank's blocks run with: before each self-attention the stop check, then
+    Ulysses (seq > 1) around the attention. Counts the blocks it ran (reported back to rank 0)."""
+    name = "sequence-parallel attention"
+    order = INNER
+    changes_output = False
 
-    def __init__(self, attention, context: RankContext, token_counts: list[int]):
+    def __init__(self, context: RankContext, token_counts: list[int]):
         self.stop = StopSignal(context)
-        group = context.sequence_group
-        self.attention = UlyssesAttention(attention, group, token_counts) if group is not None else attention
+        self.group, self.token_counts = context.sequence_group, token_counts
         self.blocks = 0
 
-    def __call__(self, q, k, v, mask=None):
+    def wrap_attention(self, run, q, k, v, mask, cross):
+        if cross:
+            return run(q, k, v, mask)
         self.stop()
         self.blocks += 1
-        return self.attention(q, k, v, mask)
+        if self.group is None:
+            return run(q, k, v, mask)
+        return UlyssesAttention(run, self.group, self.token_counts)(q, k, v, mask)
 
 
 def new_sequence_group(layout: ParallelLayout, rank: int, timeout):
@@ -201,12 +209,13 @@ def local_rope(rope, start: int, stop: int):
 
 
 def run_block_call(model, context: RankContext, call: BlockCall, tokens=None, caption=None, modulation=None,
-                   caption_bias=None, rope=None):
+                   caption_bias=None, rope=None, wrappers=NO_WRAPPERS):
     """One run of `model`'s blocks across the group, called by every rank at the same time. Rank 0 passes
     the call's tensors (tokens [B, N, dim], caption [B, L, dim], modulation [B, 6*dim], caption_bias
     [B, 1, 1, L] or None, rope for the whole grid) and gets the blocks' output tokens [B, N, dim] and each
     rank's (status, blocks run); the other ranks pass None and get None. Raises Cancelled on rank 0
-    when any rank stopped."""
+    when any rank stopped. `wrappers`: rank 0's wrappers of the block and attention stages (they must not
+    change what the blocks compute: the other ranks run without them); no host options reach the attention."""
     layout, rank, device, dtype = context.layout, context.rank, context.device, call.torch_dtype
     dim = model.config.inner_dim
     lead = rank == 0
@@ -243,7 +252,7 @@ def run_block_call(model, context: RankContext, call: BlockCall, tokens=None, ca
 
     # 3. The blocks on this rank's share (a group with no batch rows, e.g. B = 1 over two groups, idles).
     status, output = OK, torch.zeros_like(shard)
-    attention = BlockAttention(model.attention, context, split_sizes(call.tokens, layout.seq))
+    attention = RankAttention(context, split_sizes(call.tokens, layout.seq))
     if batch_stop > batch_start:
         rope = local_rope(rope if rope is not None else model.rope(call.grid, device), token_start, token_stop)
         rows, count = batch_stop - batch_start, token_stop - token_start
@@ -251,7 +260,7 @@ def run_block_call(model, context: RankContext, call: BlockCall, tokens=None, ca
         try:
             output[:rows, :count] = model.run_blocks(shard[:rows, :count], caption[batch_start:batch_stop],
                                                      modulation[batch_start:batch_stop], bias, rope,
-                                                     self_attention=attention)
+                                                     wrappers.adding(attention))
         except Cancelled:
             status = CANCELLED
 

@@ -3,10 +3,11 @@
 `RankGroup(layout, devices)` makes this process rank 0 (on devices[0]) and starts one worker process per
 other device (`python -m allegro.parallel_worker`), which rendezvous through a store on 127.0.0.1. It
 sends them the DiT once per set of weights (`load`), then runs the blocks of each DiT call with them
-(`run_blocks`, the `blocks_runner` of AllegroTransformer3D.forward). Workers stay up between calls and
+(`run_blocks`, called by a host's wrapper of the DiT's blocks stage). Workers stay up between calls and
 end with `close()`, at interpreter exit, or by themselves when this process goes away.
 
-Failure never hangs: a worker that exits, fails or stops answering for `timeout_s` seconds turns into one
+Before each use the pool asks `alive()`, which pings every worker on its command pipe, so a worker killed
+while idle is noticed before any work is sent to it. Failure never hangs: a worker that exits, fails or stops answering for `timeout_s` seconds turns into one
 WorkerError naming the rank, its device and its last words; the group is then shut down, and the
 caller may start a new one. Pure PyTorch.
 """
@@ -25,6 +26,8 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from . import parallel_weights
+from .dit_wrappers import INNER, NO_WRAPPERS, BlocksInput, DiTWrapper, Wrappers
 from .parallel import BlockCall, Cancelled, ParallelLayout, RankContext, new_sequence_group, run_block_call, stop_key
 from .parallel_worker import NOTES_PREFIX
 
@@ -55,6 +58,7 @@ class RankGroup:
         self.store = self.notes = self.context = None
         self.loaded_key = None
         self.call_id = 0
+        self.pings = 0                 # liveness checks sent (alive())
         self.last_reports = None       # (status, blocks run) of every rank in the last call
         self.state = "new"             # new → running → closed
 
@@ -108,7 +112,29 @@ class RankGroup:
             time.sleep(0.05)
 
     def alive(self) -> bool:
-        return self.state == "running" and all(worker.poll() is None for worker in self.workers)
+        """Whether every worker is up and answering, checked before the group is used. Popen.poll() alone is
+        not enough: a worker just killed looks alive until the kernel has torn it down (~0.1 s for a process
+        holding a model), so each worker must also answer a ping on its command pipe, which a killed process
+        never does. Waits at most `timeout_s` for the answers (a frozen worker counts as dead)."""
+        if self.state != "running" or any(worker.poll() is not None for worker in self.workers):
+            return False
+        self.pings += 1
+        keys = [f"pong/{self.pings}/{rank}" for rank in range(1, self.layout.world)]
+        try:
+            self._send({"op": "ping", "id": self.pings})
+        except WorkerError:                               # a closed pipe: the group is shut down already
+            return False
+        deadline = time.monotonic() + self.timeout_s
+        while True:
+            try:
+                self.notes.wait(keys, timedelta(milliseconds=50))
+                break
+            except RuntimeError:                          # not all answered yet (the store's wait timed out)
+                if any(worker.poll() is not None for worker in self.workers) or time.monotonic() > deadline:
+                    return False
+        for key in keys:
+            self.notes.delete_key(key)
+        return True
 
     def close(self, kill: bool = False):
         """Tell the workers to exit (kill them if `kill` or if they do not within 10 s), end the process group."""
@@ -143,30 +169,26 @@ class RankGroup:
 
     # --- work ---------------------------------------------------------------------------------
     def load(self, config, weights: list, key, dtype: torch.dtype, transform=None):
-        """Give every worker the DiT: `config` (a TransformerConfig), `weights` [(name, tensor)] as rank 0 has
-        them, computed in `dtype`. Skipped when `key` (not None) names the weights the workers already hold.
-        transform(name, tensor) → tensor, if given, turns a stored tensor into the one rank 0 computes with
-        (e.g. a low-VRAM LoRA patch), one tensor at a time, keeping its shape."""
+        """Give every worker the DiT: `config` (a TransformerConfig), `weights` [(name, value)] as rank 0 stores
+        them (tensors, QuantizedWeights, parallel_weights.Computed), computed in `dtype`. Skipped when `key`
+        (not None) names the weights the workers already hold. transform(name, tensor) → tensor, if given,
+        turns a stored plain tensor into the one rank 0 computes with (e.g. a low-VRAM LoRA patch)."""
         if key is not None and key == self.loaded_key:
             return
         self._require_running()
-        header = [[name, list(tensor.shape), str(tensor.dtype).removeprefix("torch.")] for name, tensor in weights]
         self._send({"op": "load", "config": _config_dict(config), "dtype": str(dtype).removeprefix("torch."),
-                    "tensors": header})
+                    "tensors": parallel_weights.header(weights)})
         with self._watch("sending the model to the workers"):
-            for (name, tensor), (_, _, dtype_name) in zip(weights, header):
-                tensor = tensor.detach()
-                if transform is not None:
-                    tensor = transform(name, tensor)
-                tensor = tensor.to(device=self.device, dtype=getattr(torch, dtype_name)).contiguous()
-                dist.broadcast(tensor.view(-1).view(torch.uint8), src=0)
+            parallel_weights.send(weights, self.device, transform)
             dist.barrier()
         self.loaded_key = key
 
-    def run_blocks(self, model, tokens, caption, modulation, caption_bias, rope, should_stop=None):
+    def run_blocks(self, model, tokens, caption, modulation, caption_bias, rope, should_stop=None,
+                   wrappers=NO_WRAPPERS):
         """AllegroTransformer3D.run_blocks across the group (the model must be `load`ed): tokens [B, N, dim] →
         [B, N, dim]. should_stop() → bool is polled before every block; when it says stop, every rank stops
-        within a block and Cancelled is raised here."""
+        within a block and Cancelled is raised here. `wrappers`: rank 0's own block-stage wrappers (e.g.
+        block swap), which must not change what the blocks compute."""
         self._require_running()
         self.call_id += 1
         call = BlockCall(self.call_id, tokens.shape[0], tokens.shape[1], tuple(rope.grid), caption.shape[1],
@@ -188,7 +210,7 @@ class RankGroup:
         try:
             with self._watch("running the transformer blocks"):
                 output, self.last_reports = run_block_call(model, self.context, call, tokens, caption, modulation,
-                                                           caption_bias, rope)
+                                                           caption_bias, rope, wrappers)
         except Cancelled as cancelled:
             self.last_reports = cancelled.args[0] if cancelled.args else None
             raise
@@ -248,6 +270,32 @@ class RankGroup:
             return self.notes.get(key).decode() if self.notes is not None and self.notes.check([key]) else None
         except Exception:
             return None
+
+
+class OnRankGroup(DiTWrapper):
+    """The DiT's blocks stage on a rank group: the multi-GPU wrapper. `group`: a started RankGroup holding the
+    model (`load`), or a subclass's `group_for(call)`. Rank 0's block- and attention-stage wrappers run on rank 0
+    only, so one that changes what the blocks compute is refused."""
+    name = "Allegro Multi-GPU"
+    order = INNER
+    changes_output = False
+
+    def __init__(self, group: RankGroup | None = None, should_stop=None):
+        self.group, self.should_stop = group, should_stop
+
+    def check_compatible(self, others):
+        for other in others:
+            if other.changes_output and (other.takes_part("block") or other.takes_part("attention")):
+                raise ValueError(f"{other.name} cannot run on the 'Allegro Multi-GPU' rank group (its other GPUs "
+                                 "would run the blocks without it): remove one of the two nodes.")
+
+    def group_for(self, call: BlocksInput) -> RankGroup:
+        return self.group
+
+    def wrap_blocks(self, run, call: BlocksInput):
+        local = Wrappers([w for w in call.wrappers.items if not w.takes_part("blocks")])
+        return self.group_for(call).run_blocks(call.model, call.tokens, call.context, call.modulation,
+                                               call.context_bias, call.rope, self.should_stop, local)
 
 
 class _Watch:

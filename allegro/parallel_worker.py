@@ -4,16 +4,17 @@
 
 It joins the group through rank 0's store on the loopback address, then follows rank 0's commands, one
 JSON line each on stdin:
-  {"op": "load", "config": {...}, "dtype": "bfloat16", "tensors": [[name, shape, dtype], ...]}
-      the DiT's config; its weights follow as broadcasts in that order (rank 0's weights, patches included)
+  {"op": "load", "config": {...}, "dtype": "bfloat16", "tensors": [{name, shape, dtype[, format…]}, ...]}
+      the DiT's config; its weights follow as broadcasts in that order (rank 0's weights as stored, quantised
+      ones included, patches included: allegro/parallel_weights.py)
   {"op": "blocks", "call": {...}}      one run of the blocks (allegro.parallel.run_block_call)
+  {"op": "ping", "id": N}              answered by setting the store key pong/N/<rank> (rank 0's liveness check)
   {"op": "exit"}
 It exits when stdin closes (rank 0's process is gone, however it ended), and on any error after leaving
 the reason in the store for rank 0. Pure PyTorch: the model is built from allegro/, not ComfyUI.
 """
 import argparse
 import json
-import math
 import os
 import queue
 import sys
@@ -24,9 +25,8 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
-from .config import TransformerConfig
+from . import parallel_weights
 from .parallel import BlockCall, ParallelLayout, RankContext, new_sequence_group, run_block_call, stop_key
-from .transformer import AllegroTransformer3D
 
 NOTES_PREFIX = "allegro/"          # this package's keys in the group's store (torch's own use other prefixes)
 
@@ -57,22 +57,6 @@ def read_commands() -> queue.Queue:
     return commands
 
 
-def receive_model(command: dict, device: torch.device) -> AllegroTransformer3D:
-    """Build the DiT from the command's config and rank 0's broadcast weights, in the compute dtype."""
-    config = TransformerConfig(**command["config"])
-    dtype = getattr(torch, command["dtype"])
-    model = AllegroTransformer3D(config, device="meta", dtype=dtype)      # no memory, no init until the weights come
-    weights = {}
-    for name, shape, tensor_dtype in command["tensors"]:
-        source_dtype = getattr(torch, tensor_dtype)
-        raw = torch.empty(math.prod(shape) * source_dtype.itemsize, dtype=torch.uint8, device=device)
-        dist.broadcast(raw, src=0)
-        weights[name] = raw.view(source_dtype).view(shape).to(dtype)
-    model.load_state_dict(weights, strict=True, assign=True)
-    dist.barrier()                       # rank 0 learns that every rank holds the model
-    return model.eval()
-
-
 def main(argv=None):
     args = parse_arguments(argv)
     device = torch.device(args.device)
@@ -95,12 +79,15 @@ def main(argv=None):
             command = json.loads(commands.get())
             try:
                 if command["op"] == "load":
-                    model = receive_model(command, device)
+                    model = parallel_weights.receive(command, device)
+                    dist.barrier()               # rank 0 learns that every rank holds the model
                 elif command["op"] == "blocks":
                     call = BlockCall.from_dict(command["call"])
                     key = stop_key(call.call_id)
                     context.stop_requested = lambda: notes.check([key])
                     run_block_call(model, context, call)
+                elif command["op"] == "ping":
+                    notes.set(f"pong/{command['id']}/{args.rank}", "1")
                 elif command["op"] == "exit":
                     break
                 else:

@@ -10,10 +10,10 @@ final layer's timestep embedding; its input is 12 channels: [noisy latent, maske
 Every Linear/Conv/LayerNorm is built through `operations` (torch.nn by default) so a host such
 as ComfyUI can pass its own layer classes (weight casting, low-VRAM offload, fp8 storage).
 
-Hooks for a host, all optional and opaque to this module: `attention` (a callable the model's
-attention layers call; a host may swap it), `options` (any object a host passes to `forward`; it is
-handed on to the attention callable and to the block hook untouched), and `block_hook` (called in
-place of each transformer block, so a host can replace, skip or observe blocks).
+What a host may change: `attention` (the callable the attention layers end in; a host may swap it),
+and, per call, the `Wrappers` passed to `forward` (allegro/dit_wrappers.py): the one seam every feature
+(step cache, block swap, multi-GPU, a host's block patches) stacks onto, around the blocks, each block
+and each attention. The wrappers' host options reach the attention callable untouched.
 """
 import functools
 import math
@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import TransformerConfig
+from .dit_wrappers import NO_WRAPPERS, BlockInput, BlocksInput
 from .rope import RotaryEmbedding3D
 
 
@@ -96,14 +97,14 @@ class Attention(nn.Module):
         self.to_v = ops.Linear(context_dim, inner, bias=bias, **factory)
         self.to_out = nn.ModuleList([ops.Linear(inner, dim, bias=True, **factory)])
 
-    def forward(self, x, context, attention, mask=None, rope=None, options=None):
-        """x [B, N, dim], context [B, L, context_dim], mask additive [B, 1, 1, L] → [B, N, dim]."""
+    def forward(self, x, context, attention, mask=None, rope=None):
+        """x [B, N, dim], context [B, L, context_dim], mask additive [B, 1, 1, L] → [B, N, dim];
+        attention(q, k, v, mask) on [B, heads, N, d]."""
         q, k, v = self.to_q(x), self.to_k(context), self.to_v(context)
         q, k, v = (t.unflatten(-1, (self.heads, -1)).transpose(1, 2) for t in (q, k, v))   # [B, heads, *, d]
         if rope is not None:
             q, k = rope.apply(q), rope.apply(k)
-        # [B, heads, N, d]; a host's options reach its attention callable, plain callables never see them.
-        out = attention(q, k, v, mask) if options is None else attention(q, k, v, mask, options)
+        out = attention(q, k, v, mask)
         return self.to_out[0](out.transpose(1, 2).flatten(2).to(q.dtype))
 
 
@@ -161,13 +162,13 @@ class TransformerBlock(nn.Module):
         shift_msa, scale_msa = self.modulations(x, modulation)[:2]
         return self.norm1(x) * (1 + scale_msa) + shift_msa
 
-    def forward(self, x, context, modulation, context_bias, rope, attention, options=None, self_attention=None):
-        """x [B, N, dim]; modulation [B, 6*dim]; context [B, L, dim]; context_bias [B, 1, 1, L].
-        self_attention: the callable for the self-attention only (None: `attention`)."""
+    def forward(self, x, context, modulation, context_bias, rope, self_attention, cross_attention):
+        """x [B, N, dim]; modulation [B, 6*dim]; context [B, L, dim]; context_bias [B, 1, 1, L];
+        self_attention / cross_attention: the callables (q, k, v, mask) each attention ends in."""
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = self.modulations(x, modulation)
         normed = self.norm1(x) * (1 + scale_msa) + shift_msa
-        x = gate_msa * self.attn1(normed, normed, self_attention or attention, rope=rope, options=options) + x
-        x = self.attn2(x, context, attention, mask=context_bias, options=options) + x
+        x = gate_msa * self.attn1(normed, normed, self_attention, rope=rope) + x
+        x = self.attn2(x, context, cross_attention, mask=context_bias) + x
         normed = self.norm2(x) * (1 + scale_mlp) + shift_mlp
         return gate_mlp * self.ff(normed) + x
 
@@ -242,22 +243,19 @@ class AllegroTransformer3D(nn.Module):
             context_bias = ((1 - context_mask.to(tokens.dtype)) * -10000.0)[:, None, None, :]
         return tokens, modulation, embedded_timestep, context, context_bias
 
-    def run_blocks(self, tokens, context, modulation, context_bias, rope, options=None, block_hook=None,
-                   self_attention=None):
-        """Every transformer block in turn. With a `block_hook`, block i runs as
-        block_hook(i, run, tokens, context, modulation, rope) where run(tokens, context, modulation, rope)
-        runs the block itself (the caption mask, attention and options are bound): the hook returns the
-        block's output tokens, by calling `run` or in its place. self_attention: a callable for the
-        blocks' self-attention only (None: self.attention); a sequence-parallel rank passes one that
-        exchanges heads with the other ranks (allegro.parallel)."""
-        for index, block in enumerate(self.transformer_blocks):
-            if block_hook is None:
-                tokens = block(tokens, context, modulation, context_bias, rope, self.attention, options, self_attention)
-                continue
+    def run_blocks(self, tokens, context, modulation, context_bias, rope, wrappers=NO_WRAPPERS):
+        """Every transformer block in turn, each through the block stage of `wrappers` (a Wrappers), its
+        attentions through their attention stage; the attention callable gets the wrappers' host options."""
+        options = wrappers.options
+        base = self.attention if options is None else functools.partial(_with_options, self.attention, options)
+        self_attention, cross_attention = wrappers.attention(base, cross=False), wrappers.attention(base, cross=True)
 
-            def run(tokens, context, modulation, rope, block=block):
-                return block(tokens, context, modulation, context_bias, rope, self.attention, options, self_attention)
-            tokens = block_hook(index, run, tokens, context, modulation, rope)
+        def run(block: BlockInput):
+            return self.transformer_blocks[block.index](block.tokens, block.context, block.modulation, context_bias,
+                                                        block.rope, self_attention, cross_attention)
+        run_block = wrappers.block_runner(run)
+        for index in range(len(self.transformer_blocks)):
+            tokens = run_block(BlockInput(index, tokens, context, modulation, rope))
         return tokens
 
     def unpatchify(self, tokens, embedded_timestep, grid):
@@ -269,21 +267,15 @@ class AllegroTransformer3D(nn.Module):
         out = out.permute(0, 6, 1, 2, 4, 3, 5)                                     # [B, C, T, h, p, w, p]
         return out.reshape(out.shape[0], c.out_channels, frames, rows * p, cols * p)
 
-    def forward(self, x, timestep, context, context_mask=None, step_cache=None, cache_key=None, progress=0.0,
-                options=None, block_hook=None, blocks_runner=None):
+    def forward(self, x, timestep, context, context_mask=None, wrappers=NO_WRAPPERS):
         """
         x:            [B, C, T, H, W] scaled model input; C = 4 (T2V) or 12 (TI2V: noisy,
                       masked-video latent, folded frame mask)
         timestep:     [B] diffusion timestep in [0, 1000), may be fractional
         context:      [B, L, caption_channels] T5 hidden states
         context_mask: [B, L] 1 for real tokens, 0 for padding (None: all real)
-        step_cache:   optional step_cache.StepCache; cache_key names the stream (e.g. the CFG
-                      batch layout) and progress (0..1) the position in the sampling run
-        options:      optional host object handed to the attention callable (see Attention)
-        block_hook:   optional callable run in place of each block (see run_blocks)
-        blocks_runner: optional callable with run_blocks' first five arguments that runs the blocks
-                      elsewhere (allegro.parallel: across a group of ranks; options and block_hook are
-                      not taken there); None: run_blocks here
+        wrappers:     the call's features (allegro.dit_wrappers.Wrappers), around the blocks, each block
+                      and each attention
         returns:      [B, out_channels, T, H, W] predicted noise
         """
         batch, channels, frames, height, width = x.shape
@@ -295,14 +287,16 @@ class AllegroTransformer3D(nn.Module):
             raise ValueError(f"latent height and width must be multiples of {p}, got {height}x{width}")
         grid = (frames, height // p, width // p)
         tokens, modulation, embedded_timestep, context, context_bias = self.embed(x, timestep, context, context_mask)
-        rope = self.rope(grid, x.device)
-        run_blocks = blocks_runner or functools.partial(self.run_blocks, options=options, block_hook=block_hook)
-        if step_cache is None:
-            tokens = run_blocks(tokens, context, modulation, context_bias, rope)
-        elif step_cache.should_run(cache_key, self.transformer_blocks[0].modulated_input(tokens, modulation), progress):
-            output = run_blocks(tokens, context, modulation, context_bias, rope)
-            step_cache.store(cache_key, output - tokens)
-            tokens = output
-        else:
-            tokens = tokens + step_cache.residual(cache_key)
+        call = BlocksInput(self, tokens, context, modulation, context_bias, self.rope(grid, x.device), wrappers)
+        tokens = wrappers.run_blocks(_run_blocks_here, call)
         return self.unpatchify(tokens, embedded_timestep, grid)
+
+
+def _run_blocks_here(call: BlocksInput):
+    return call.model.run_blocks(call.tokens, call.context, call.modulation, call.context_bias, call.rope,
+                                 call.wrappers)
+
+
+def _with_options(attention, options, q, k, v, mask=None):
+    """A host's attention callable with its options (the fifth argument; plain callables never see them)."""
+    return attention(q, k, v, mask, options)

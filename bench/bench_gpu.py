@@ -19,6 +19,7 @@ import time
 import torch
 
 from allegro.block_swap import BlockSwap
+from allegro.dit_wrappers import Wrappers
 from allegro.schedule import linspace_schedule, training_sigmas
 from allegro.step_cache import StepCache
 from allegro.config import TransformerConfig, VAEConfig
@@ -98,7 +99,8 @@ def bench_dit(args, device):
             runner = torch.compile(model) if args.compile else model
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats(device)
-            times = time_steps(runner, (x, timestep, context, mask), args.steps, args.warmup, backend)
+            wrappers = Wrappers([swap] if swap is not None else [])
+            times = time_steps(runner, (x, timestep, context, mask, wrappers), args.steps, args.warmup, backend)
             per_step = statistics.median(times)
             rows.append((f"DiT, {resident}/{args.layers} blocks resident", backend, args.compile, per_step,
                          per_step * 100 / 60, flops / per_step / 1e12, torch.cuda.max_memory_allocated(device) / 2**30))
@@ -120,8 +122,9 @@ def euler_sample(model, noise, context, mask, steps: int, cfg: float = 7.5, step
         sigma = sigmas[i].item()
         scaled = (x / (sigma ** 2 + 1) ** 0.5).to(noise.dtype).expand(2, -1, -1, -1, -1)
         t = timesteps[i].to(noise.device).expand(2)
-        eps = model(scaled, t, context, mask, step_cache=step_cache, cache_key="cfg",
-                    progress=i / max(steps - 1, 1)).float()
+        wrappers = Wrappers([step_cache] if step_cache is not None else [],
+                            options={"cache_key": "cfg", "progress": i / max(steps - 1, 1)})
+        eps = model(scaled, t, context, mask, wrappers).float()
         eps = eps[1:] + cfg * (eps[:1] - eps[1:])
         x = x + eps * (sigmas[i + 1].item() - sigma)
     return x

@@ -104,7 +104,7 @@ def block_peak(tokens_count: int) -> tuple[int, int]:
     bias[..., 100:] = -10000.0
     with torch.no_grad(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as profiler:
         block(x, context, torch.randn(1, 6 * width, dtype=torch.bfloat16), bias,
-              RotaryEmbedding3D(config.attention_head_dim, grid, (2.2, 2.0, 2.0)), sdpa_attention)
+              RotaryEmbedding3D(config.attention_head_dim, grid, (2.2, 2.0, 2.0)), sdpa_attention, sdpa_attention)
     events = sorted((e for e in profiler.events() if e.self_cpu_memory_usage), key=lambda e: e.time_range.start)
     current = peak = 0
     for event in events:

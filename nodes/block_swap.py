@@ -4,9 +4,10 @@ call, one or more blocks ahead (allegro/block_swap.py), so the full-size video s
 It works with ComfyUI's model management rather than around it: ComfyUI loads the model as usual
 (fully, or partially with --lowvram / when memory is short); after every load the node's callback
 moves the streamed blocks' tensors (GGUF bytes, fp8, bf16: whatever the layers store) to the
-offload device and installs the prefetching hooks, marks their layers as cast-on-the-fly as
+offload device and sets up the prefetching, marks their layers as cast-on-the-fly as
 ComfyUI's own partial loading does, and tells the model patcher how much of the model is really
-on the GPU. When ComfyUI unloads the model the hooks go. The estimate of the VRAM this needs is
+on the GPU. When ComfyUI unloads the model the swap goes. At sampling time the controller, a wrapper of the
+DiT's block stage in transformer_options (allegro/dit_wrappers.py), brings each streamed block in and out. The estimate of the VRAM this needs is
 in the node's text output and the log (allegro/memory_plan.py: computed, not measured)."""
 import logging
 
@@ -17,6 +18,7 @@ import comfy.model_management
 import comfy.patcher_extension
 
 from ..allegro.block_swap import BlockSwap, tensor_bytes
+from ..allegro.dit_wrappers import INNER, BlockInput, DiTWrapper
 from ..allegro.memory_plan import describe_swap
 from . import checks
 
@@ -29,12 +31,22 @@ def device_bytes(module: torch.nn.Module, device: torch.device) -> int:
     return sum(t.nbytes for t in list(module.parameters()) + list(module.buffers()) if t.device == device)
 
 
-class SwapController:
-    """What the node leaves on the model patcher: installs the swap after each load, removes it on unload."""
+class SwapController(DiTWrapper):
+    """What the node leaves on the model patcher: sets the swap up after each load, removes it on unload, and
+    streams the blocks while the model runs."""
+    name = BlockSwap.name
+    order = BlockSwap.order
+    changes_output = False
 
     def __init__(self, resident: int, prefetch: int):
         self.resident, self.prefetch = resident, prefetch
         self.swap: BlockSwap | None = None
+
+    def __deepcopy__(self, memo):           # one controller for the patcher's callbacks and its transformer_options
+        return self
+
+    def wrap_block(self, run, block: BlockInput):
+        return run(block) if self.swap is None else self.swap.wrap_block(run, block)
 
     def on_load(self, patcher, device_to=None, lowvram_model_memory=0, force_patch_weights=False, full_load=False):
         self.remove()
@@ -105,6 +117,8 @@ class AllegroBlockSwap(io.ComfyNode):
         logging.info(text)
         patched = model.clone()
         controller = SwapController(min(resident_blocks, len(blocks)), prefetch)
+        options = patched.model_options.get("transformer_options", {})
+        patched.model_options["transformer_options"] = {**options, CALLBACK_KEY: controller}
         for call_type, callback in ((comfy.patcher_extension.CallbacksMP.ON_LOAD, controller.on_load),
                                     (comfy.patcher_extension.CallbacksMP.ON_DETACH, controller.on_detach)):
             patched.remove_callbacks_with_key(call_type, CALLBACK_KEY)     # a second Block Swap node replaces the first

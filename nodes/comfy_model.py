@@ -5,7 +5,8 @@ and the stock KSampler / SamplerCustomAdvanced / LoRA and model-patch nodes work
 The DiT's forward opens to core patches the way core's own DiTs do (comfy/ldm/wan): it runs through
 the DIFFUSION_MODEL wrappers (EasyCache skips steps there), hands transformer_options to ComfyUI's
 attention (per-model attention overrides), and runs patches_replace["dit"][("double_block", i)] in
-place of block i (SkipLayerGuidanceDiT and other block patches)."""
+place of block i (SkipLayerGuidanceDiT and other block patches). The package's own features reach the
+DiT the same way, as wrappers in transformer_options (nodes/dit_seam.py); this module names none."""
 import logging
 
 import torch
@@ -26,9 +27,7 @@ from ..allegro.config import (LATENT_CHANNELS, LATENT_SCALE, SPATIAL_FACTOR, TEM
 from ..allegro.quantization import QuantizedWeight
 from ..allegro.schedule import sigma_at, timestep_at, training_sigmas
 from ..allegro.transformer import AllegroTransformer3D
-from . import comfy_compat, model_size, quantized_ops
-from .parallel import parallel_call_arguments
-from .step_cache import cache_call_arguments
+from . import comfy_compat, dit_seam, model_size, quantized_ops
 from .ti2v import FRAME_MASK, LATENT_SCALE_KEY, MASKED_VIDEO
 
 
@@ -87,26 +86,6 @@ def comfy_attention(q, k, v, mask=None, transformer_options=None):
     return chosen(q, k, v, q.shape[1], mask=mask, skip_reshape=True, skip_output_reshape=True, **extra)
 
 
-def block_patches(transformer_options: dict):
-    """The library's block hook for ComfyUI: tells patches which block runs (block_index, as core's
-    DiTs do) and runs patches_replace["dit"][("double_block", i)] in place of block i. A replacement
-    gets {"img": tokens, "txt": captions, "vec": modulation, "pe": RoPE, "transformer_options"} and
-    {"original_block": fn(args) → {"img": tokens}}, and returns {"img": tokens}."""
-    replacements = transformer_options.get("patches_replace", {}).get("dit", {})
-
-    def hook(index, run, tokens, context, modulation, rope):
-        transformer_options["block_index"] = index
-        replacement = replacements.get(("double_block", index))
-        if replacement is None:
-            return run(tokens, context, modulation, rope)
-
-        def original_block(args):
-            return {"img": run(args["img"], args["txt"], args["vec"], args["pe"])}
-        inputs = {"img": tokens, "txt": context, "vec": modulation, "pe": rope, "transformer_options": transformer_options}
-        return replacement(inputs, {"original_block": original_block})["img"]
-    return hook
-
-
 class AllegroDiffusionModel(AllegroTransformer3D):
     """The library DiT with the constructor and call signature BaseModel uses."""
 
@@ -127,13 +106,7 @@ class AllegroDiffusionModel(AllegroTransformer3D):
     def _forward(self, x, timestep, context, attention_mask, transformer_options, control=None, **kwargs):
         transformer_options["total_blocks"] = len(self.transformer_blocks)
         transformer_options["block_type"] = "double"
-        parallel = parallel_call_arguments(self, transformer_options)
-        if parallel and transformer_options.get("patches_replace", {}).get("dit"):
-            raise ValueError("A node that replaces or skips DiT blocks (e.g. Skip Layer Guidance) cannot run on the "
-                             "'Allegro Multi-GPU' rank group: remove that node or the Multi-GPU node.")
-        return super().forward(x, timestep, context, attention_mask, options=transformer_options,
-                               block_hook=None if parallel else block_patches(transformer_options),
-                               **cache_call_arguments(transformer_options), **parallel)
+        return super().forward(x, timestep, context, attention_mask, dit_seam.wrappers_for(transformer_options))
 
 
 class AllegroModelConfig(comfy.supported_models_base.BASE):
@@ -206,7 +179,8 @@ def build_model(config: TransformerConfig, state_dict: dict, weight_dtype=None, 
                 fp8_matmul: bool = False, disable_dynamic: bool = False) -> comfy.model_patcher.ModelPatcher:
     """A ModelPatcher over the DiT described by `config`, sampling latents scaled by `latent_scale`; the
     patcher core loaders use (a dynamic-VRAM one where ComfyUI runs it) unless `disable_dynamic`.
-    Quantised weights (GGUF, scaled fp8) stay quantised (quantized_ops, with its own patcher);
+    Quantised weights (GGUF, scaled fp8) stay quantised (quantized_ops, with the core patcher class made
+    to patch dequantised weights);
     `fp8_matmul` asks for fp8 matrix multiplication where ComfyUI says the device supports it, as
     core's `fp8_e4m3fn_fast`."""
     load_device = comfy.model_management.get_torch_device()
@@ -228,8 +202,12 @@ def build_model(config: TransformerConfig, state_dict: dict, weight_dtype=None, 
     comfy_compat.set_inference_dtype(model_config, weight_dtype, manual_cast_dtype, load_device)
     model = model_config.get_model(state_dict, device=offload_device)
     # As core loaders: the patcher first, then the weights, loaded the way that patcher needs them.
-    patcher_class = quantized_ops.QuantizedModelPatcher if quantized else comfy_compat.patcher_class(disable_dynamic)
-    patcher = patcher_class(model, load_device=load_device, offload_device=offload_device)
+    if quantized:
+        patcher = quantized_ops.new_patcher(model, load_device, offload_device, disable_dynamic)
+    else:
+        patcher = comfy_compat.patcher_class(disable_dynamic)(model, load_device=load_device,
+                                                              offload_device=offload_device)
+    dit_seam.install_check(patcher)
     missing, unexpected = comfy_compat.load_weights(model.diffusion_model, state_dict, patcher)
     if missing or unexpected:
         raise ValueError(f"The weights do not match the model config: missing {missing[:8]}, unexpected {unexpected[:8]}")

@@ -1,14 +1,15 @@
 """Allegro Multi-GPU: one video sampled on several GPUs at once (CFG parallel and Ulysses sequence
 parallel, allegro/parallel.py), for the Allegro sampler and the stock samplers alike.
 
-The node only marks a clone of the MODEL: its transformer_options carry a ParallelRoute, and the DiT's
-forward (comfy_model.AllegroDiffusionModel) hands its blocks to the route. ComfyUI's process is rank 0
+The node only marks a clone of the MODEL: its transformer_options carry a ParallelRoute, a wrapper of the
+DiT's blocks stage (allegro/dit_wrappers.py) that runs them on the rank group. ComfyUI's process is rank 0
 on ComfyUI's own device; the package owns one worker process per other device (allegro/parallel_pool.py),
 started at the first step that needs them, kept warm with the model loaded until another layout is
 asked for or the server stops. A worker dying is an error for that run only; the next run starts anew.
 """
 import atexit
 import contextlib
+import functools
 import threading
 import uuid
 
@@ -20,7 +21,11 @@ import comfy.ops
 
 from ..allegro.devices import parse_device
 from ..allegro.parallel import Cancelled, ParallelLayout
-from ..allegro.parallel_pool import RankGroup
+from ..allegro.dit_wrappers import BlocksInput
+from ..allegro.parallel_pool import OnRankGroup, RankGroup
+from ..allegro.parallel_weights import Computed
+from ..allegro.quantization import QuantizedWeight
+from ..allegro.quantized_layers import stored_weights
 from ..allegro.quoting import quote
 from . import checks
 
@@ -32,34 +37,34 @@ _lock = threading.Lock()
 _group: RankGroup | None = None           # the process's one rank group (torch.distributed allows one)
 
 
-class ParallelRoute:
+class ParallelRoute(OnRankGroup):
     """What a multi-GPU MODEL carries in transformer_options: the rank layout, the workers' devices (as the
-    user wrote them), and the ComfyUI model whose weights the workers mirror."""
+    user wrote them), and the ComfyUI model whose weights the workers mirror. The process's rank group is
+    started (or found) at the first call that needs it."""
 
     def __init__(self, layout: ParallelLayout, devices: str, base_model):
+        super().__init__(should_stop=comfy.model_management.processing_interrupted)
         self.layout, self.devices = layout, devices
         self.base_model = base_model
 
     def __deepcopy__(self, memo):           # ComfyUI 0.3.75 / 0.8.0 deep-copy model_options on every clone
         return self
 
-    def blocks_runner(self, diffusion_model):
-        """A run_blocks stand-in for AllegroTransformer3D.forward that runs the blocks on the rank group."""
-        def run(tokens, caption, modulation, caption_bias, rope):
-            with _lock:
-                group = rank_group(self.layout, worker_devices(self.devices, tokens.device, self.layout.world))
-                key = self.weights_key(tokens.dtype)
-                try:
-                    with cancel_at_block_boundaries():
-                        if key is None or key != group.loaded_key:
-                            group.load(diffusion_model.config, list(diffusion_model.state_dict().items()), key,
-                                       tokens.dtype, transform=patched_weight(diffusion_model))
-                        return group.run_blocks(diffusion_model, tokens, caption, modulation, caption_bias, rope,
-                                                should_stop=comfy.model_management.processing_interrupted)
-                except Cancelled:
-                    comfy.model_management.throw_exception_if_processing_interrupted()
-                    raise comfy.model_management.InterruptProcessingException()
-        return run
+    def wrap_blocks(self, run, call: BlocksInput):
+        diffusion_model = call.model
+        with _lock:
+            self.group = rank_group(self.layout, worker_devices(self.devices, call.tokens.device, self.layout.world))
+            key = self.weights_key(call.tokens.dtype)
+            try:
+                with cancel_at_block_boundaries():
+                    if key is None or key != self.group.loaded_key:
+                        self.group.load(diffusion_model.config, sent_weights(diffusion_model, call.tokens.dtype,
+                                                                             call.tokens.device),
+                                        key, call.tokens.dtype, transform=patched_weight(diffusion_model))
+                    return super().wrap_blocks(run, call)
+            except Cancelled:
+                comfy.model_management.throw_exception_if_processing_interrupted()
+                raise comfy.model_management.InterruptProcessingException()
 
     def weights_key(self, dtype):
         """Names the weights rank 0 computes with now: ComfyUI records on the model which patch set (LoRA…)
@@ -93,6 +98,20 @@ def _no_check():
     pass
 
 
+def sent_weights(diffusion_model, dtype, device) -> list:
+    """The DiT's weights for the workers, as rank 0 stores them (quantised layers' weights quantised), except a
+    quantised layer carrying patches (LoRA…: nodes/quantized_ops applies them to the dequantised weight), whose
+    weight goes as rank 0 computes it, dequantised and patched, made one layer at a time while sending."""
+    layers = dict(diffusion_model.named_modules())
+    weights = []
+    for name, value in stored_weights(diffusion_model):
+        layer = layers.get(name.rpartition(".")[0])
+        if isinstance(value, QuantizedWeight) and (layer.lora_patches is not None or layer.weight_function):
+            value = Computed(tuple(value.shape), dtype, functools.partial(layer.dequantized_weight, dtype, device))
+        weights.append((name, value))
+    return weights
+
+
 def patched_weight(diffusion_model):
     """ComfyUI applies LoRA and similar patches of weights it leaves offloaded (low VRAM) at compute time,
     through the layer's weight_function / bias_function: apply them to what the workers get."""
@@ -104,12 +123,6 @@ def patched_weight(diffusion_model):
             tensor = function(tensor)
         return tensor
     return transform
-
-
-def parallel_call_arguments(diffusion_model, transformer_options: dict) -> dict:
-    """What the DiT's forward needs from ComfyUI's transformer_options to run its blocks on the rank group."""
-    route = transformer_options.get(OPTION)
-    return {} if route is None else {"blocks_runner": route.blocks_runner(diffusion_model)}
 
 
 def worker_devices(spec: str, rank0: torch.device, world: int) -> list[str]:
@@ -143,9 +156,11 @@ def rank_group(layout: ParallelLayout, devices: list[str]) -> RankGroup:
     """The process's rank group for this layout and these devices: kept while they stay the same and its
     workers live; otherwise the old one is shut down and a new one started."""
     global _group
-    if _group is not None and (_group.layout != layout or _group.devices != devices or not _group.alive()):
-        _group.close(kill=not _group.alive())
-        _group = None
+    if _group is not None:
+        alive = _group.alive()          # a worker killed a moment ago counts as dead (see RankGroup.alive)
+        if not alive or _group.layout != layout or _group.devices != devices:
+            _group.close(kill=not alive)
+            _group = None
     if _group is None:
         group = RankGroup(layout, devices)
         group.start()

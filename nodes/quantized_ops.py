@@ -6,15 +6,19 @@ quantised in memory and dequantised per layer when the layer runs, through Comfy
   and sizes it as it does any weight: `--lowvram` partial loading and block swap stream the
   quantised bytes) and dequantises it on the input's device in the input's dtype. Weights the file
   keeps unquantised behave as in `manual_cast`.
-- `QuantizedModelPatcher` applies LoRA (and any other weight patch) to the *dequantised* weight when
-  a layer runs, as ComfyUI-GGUF does, instead of baking it into the stored weight: requantising a
-  patched weight would round most of a LoRA's small changes back onto the quantisation grid.
-  Patches on unquantised tensors are baked as usual.
+- `new_patcher()` wraps a model in the running ComfyUI's core patcher class (CoreModelPatcher where it exists, the
+  dynamic-VRAM patcher where that is on) with `QuantizedPatching` mixed in, which applies LoRA (and any
+  other weight patch) to the *dequantised* weight when a layer runs, as ComfyUI-GGUF does, instead of
+  baking it into the stored weight: requantising a patched weight would round most of a LoRA's small
+  changes back onto the quantisation grid. Patches on unquantised tensors are baked as usual. A dynamic
+  patcher hands a layer its patches as `weight_lowvram_function`; those too are applied to the
+  dequantised weight.
 - With `fp8_matmul` (the `fp8_e4m3fn_fast` choice, on GPUs ComfyUI says support fp8 compute),
   scaled-fp8 layers without patches multiply in fp8 (`torch._scaled_mm`, the input scaled per
   tensor); anywhere that fails they dequantise instead.
 """
 import collections
+import functools
 import logging
 
 import torch
@@ -25,66 +29,33 @@ import comfy.model_patcher
 import comfy.ops
 import comfy.utils
 
-from ..allegro.quantization import FP8_DTYPE, FP8_MAX, FP8_SCALED, QuantizedWeight, dequantize
+from ..allegro.quantization import FP8_DTYPE, FP8_MAX, FP8_SCALED, dequantize
+from ..allegro.quantized_layers import QuantizedStorage
+from . import comfy_compat
 
 # The shape of ModelPatcher.backup entries (core builds the same namedtuple where it backs weights up).
 WeightBackup = collections.namedtuple("Dimension", ["weight", "inplace_update"])
 
 
-class QuantizedLinear(comfy.ops.manual_cast.Linear):
-    """A Linear whose weight may be stored quantised (`weight_format` names the format; None: a
-    plain weight). No full-precision weight is ever allocated for it."""
+class QuantizedLinear(QuantizedStorage, comfy.ops.manual_cast.Linear):
+    """A Linear whose weight may be stored quantised (allegro.quantized_layers.QuantizedStorage: `weight_format`
+    names the format; None: a plain weight). No full-precision weight is ever allocated for it."""
     fp8_matmul = False
 
     def __init__(self, in_features, out_features, bias=True, device=None, dtype=None):
         torch.nn.Module.__init__(self)
-        self.in_features, self.out_features = in_features, out_features
-        self.factory = {"device": device, "dtype": dtype}
-        self.weight_format = None
-        self.weight_shape = torch.Size((out_features, in_features))
-        self.register_parameter("weight", None)
-        self.register_parameter("scale_weight", None)
-        self.register_parameter("bias", torch.nn.Parameter(torch.empty(out_features, **self.factory), requires_grad=False)
-                                if bias else None)
-        self.lora_patches = None           # (patches, key) set by QuantizedModelPatcher
+        self.init_storage(in_features, out_features, bias, {"device": device, "dtype": dtype})
+        self.lora_patches = None           # (patches, key) set by QuantizedPatching
         self.fp8_matmul_failed = False
 
-    def reset_parameters(self):
-        return None
+    def place(self, tensor, quantized):
+        return tensor.to(self.factory["device"]) if quantized else tensor.to(**self.factory)
 
     def __setattr__(self, name, value):
         # A new weight (ModelPatcher restoring its backup) drops the patches recorded for the old one.
         if name == "weight" and "lora_patches" in self.__dict__:
             object.__setattr__(self, "lora_patches", None)
         super().__setattr__(name, value)
-
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
-                              error_msgs):
-        device = self.factory["device"]
-        weight = state_dict.get(prefix + "weight")
-        if weight is None:
-            missing_keys.append(prefix + "weight")
-        elif isinstance(weight, QuantizedWeight):
-            if tuple(weight.shape) != tuple(self.weight_shape):
-                error_msgs.append(f"{prefix}weight: shape {tuple(weight.shape)}, the model needs {tuple(self.weight_shape)}")
-            self.weight_format = weight.format
-            self.weight = torch.nn.Parameter(weight.data.to(device), requires_grad=False)
-            if weight.scale is not None:
-                self.scale_weight = torch.nn.Parameter(weight.scale.to(device, torch.float32), requires_grad=False)
-        else:
-            if tuple(weight.shape) != tuple(self.weight_shape):
-                error_msgs.append(f"{prefix}weight: shape {tuple(weight.shape)}, the model needs {tuple(self.weight_shape)}")
-            self.weight_format = None
-            self.weight = torch.nn.Parameter(weight.to(**self.factory), requires_grad=False)
-        if self.bias is not None:
-            bias = state_dict.get(prefix + "bias")
-            if bias is None:
-                missing_keys.append(prefix + "bias")
-            else:
-                self.bias = torch.nn.Parameter(bias.to(**self.factory), requires_grad=False)
-        known = {prefix + "weight", prefix + "bias"}
-        unexpected_keys.extend(k for k in state_dict if k.startswith(prefix) and k not in known
-                               and "." not in k[len(prefix):])
 
     def dequantized_weight(self, dtype, device) -> torch.Tensor:
         """The weight in `dtype` on `device`, with recorded patches and ComfyUI's weight functions
@@ -94,10 +65,13 @@ class QuantizedLinear(comfy.ops.manual_cast.Linear):
         scale = None
         if self.scale_weight is not None:
             scale = comfy.model_management.cast_to(self.scale_weight, None, device, non_blocking=non_blocking)
+        dynamic_patch = getattr(self, "weight_lowvram_function", None)
         if self.lora_patches is not None:
             patches, key = self.lora_patches
             weight = dequantize(data, self.weight_format, self.weight_shape, torch.float32, scale)
             weight = comfy.lora.calculate_weight(patches, weight, key, intermediate_dtype=torch.float32).to(dtype)
+        elif dynamic_patch is not None:
+            weight = dynamic_patch(dequantize(data, self.weight_format, self.weight_shape, torch.float32, scale)).to(dtype)
         else:
             weight = dequantize(data, self.weight_format, self.weight_shape, dtype, scale)
         for function in self.weight_function:
@@ -128,7 +102,8 @@ class QuantizedLinear(comfy.ops.manual_cast.Linear):
 
     def can_multiply_in_fp8(self) -> bool:
         return (self.fp8_matmul and not self.fp8_matmul_failed and self.weight_format == FP8_SCALED
-                and self.lora_patches is None and not self.weight_function)
+                and self.lora_patches is None and not self.weight_function
+                and getattr(self, "weight_lowvram_function", None) is None)
 
     def fp8_linear(self, input, bias):
         """input @ weight.T in fp8: the input scaled per tensor into fp8's range, both scales applied
@@ -153,10 +128,10 @@ def operations(fp8_matmul: bool = False) -> type:
     return type("AllegroQuantizedOps", (comfy.ops.manual_cast,), {"Linear": linear})
 
 
-class QuantizedModelPatcher(comfy.model_patcher.ModelPatcher):
-    """A ModelPatcher that records weight patches on quantised layers instead of baking them (see
-    the module docstring). The layer's weight is backed up as core does, so restoring it (unpatch,
-    partial unload) also drops the recorded patches."""
+class QuantizedPatching:
+    """Mixed into a ModelPatcher class: records weight patches on quantised layers instead of baking them (see
+    the module docstring). The layer's weight is backed up as core does, so restoring it (unpatch, partial
+    unload) also drops the recorded patches."""
 
     def patch_weight_to_device(self, key, device_to=None, *args, **kwargs):
         module_name, _, attribute = key.rpartition(".")
@@ -168,3 +143,19 @@ class QuantizedModelPatcher(comfy.model_patcher.ModelPatcher):
         if key not in self.backup:
             self.backup[key] = WeightBackup(module.weight, False)
         module.lora_patches = (self.patches[key], key)
+
+
+@functools.cache
+def _quantized(base: type) -> type:
+    return type(f"Quantized{base.__name__}", (QuantizedPatching, base), {})
+
+
+def new_patcher(model, load_device, offload_device, disable_dynamic: bool = False):
+    """A patcher for a quantised model: the running ComfyUI's core patcher class with QuantizedPatching mixed
+    in. The dynamic-VRAM patcher's constructor returns a plain ModelPatcher for a CPU load device, which drops
+    the mix-in: then that class gets it."""
+    patcher = _quantized(comfy_compat.patcher_class(disable_dynamic))(model, load_device=load_device,
+                                                                     offload_device=offload_device)
+    if not isinstance(patcher, QuantizedPatching):
+        patcher = _quantized(type(patcher))(model, load_device=load_device, offload_device=offload_device)
+    return patcher

@@ -3,6 +3,7 @@ since the last full step (TeaCache's criterion), reusing that step's block outpu
 node is in the graph; works with the Allegro sampler and the stock KSampler alike."""
 from comfy_api.v0_0_2 import io
 
+from ..allegro.dit_wrappers import BlocksInput
 from ..allegro.step_cache import StepCache
 from . import checks
 
@@ -40,26 +41,26 @@ class AllegroStepCache(io.ComfyNode):
         node = "Allegro Step Cache"
         threshold = checks.finite_number(node, "threshold", threshold, 0.0)
         start, end = (checks.finite_number(node, name, value, 0.0, 1.0) for name, value in (("start", start), ("end", end)))
-        cache = StepCache(threshold, start, min(max(start, end), 1.0))
+        cache = SamplerStepCache(threshold, start, min(max(start, end), 1.0))
         patched = model.clone()
         options = patched.model_options.setdefault("transformer_options", {})
         patched.model_options["transformer_options"] = {**options, OPTION: cache}
         return io.NodeOutput(patched)
 
 
-def cache_call_arguments(transformer_options: dict) -> dict:
-    """What the DiT's forward needs from ComfyUI's transformer_options to use a StepCache."""
-    cache = transformer_options.get(OPTION)
-    if cache is None:
-        return {}
-    sigmas = transformer_options.get("sample_sigmas")
-    sigma = transformer_options.get("sigmas")
-    progress = 0.0
-    if sigmas is not None and sigma is not None and len(sigmas) > 1:
-        current = float(sigma.flatten()[0])
-        steps = [float(s) for s in sigmas[:-1]]
-        index = min(range(len(steps)), key=lambda i: abs(steps[i] - current))
-        if index == 0:
-            cache.reset()          # a new sampling run starts
-        progress = index / max(1, len(steps) - 1)
-    return {"step_cache": cache, "cache_key": tuple(transformer_options.get("cond_or_uncond", ())), "progress": progress}
+class SamplerStepCache(StepCache):
+    """The step cache in ComfyUI: the stream is the CFG batch layout (cond_or_uncond), the progress the
+    step's place among the sampler's sigmas; the first step of a run starts afresh."""
+
+    def position(self, call: BlocksInput) -> tuple:
+        options = call.options or {}
+        sigmas, sigma = options.get("sample_sigmas"), options.get("sigmas")
+        progress = 0.0
+        if sigmas is not None and sigma is not None and len(sigmas) > 1:
+            current = float(sigma.flatten()[0])
+            steps = [float(s) for s in sigmas[:-1]]
+            index = min(range(len(steps)), key=lambda i: abs(steps[i] - current))
+            if index == 0:
+                self.reset()          # a new sampling run starts
+            progress = index / max(1, len(steps) - 1)
+        return tuple(options.get("cond_or_uncond", ())), progress

@@ -10,6 +10,7 @@ import torch
 
 from allegro.block_swap import BlockSwap, block_tensors, tensor_bytes
 from allegro.config import TransformerConfig
+from allegro.dit_wrappers import Wrappers
 from allegro.transformer import AllegroTransformer3D
 
 
@@ -23,11 +24,11 @@ def small_model(layers=4):
     return model
 
 
-def call(model, seed=1):
+def call(model, swap=None, seed=1):
     generator = torch.Generator().manual_seed(seed)
     x, context = torch.randn(1, 4, 2, 8, 8, generator=generator), torch.randn(1, 6, 32, generator=generator)
     with torch.no_grad():
-        return model(x, torch.tensor([500.0]), context)
+        return model(x, torch.tensor([500.0]), context, wrappers=Wrappers([swap] if swap is not None else []))
 
 
 def pointers(block):
@@ -44,24 +45,25 @@ def test_streamed_blocks_run_on_fetched_copies_prefetched_one_ahead():
 
     def record(index):
         def hook(module, args):
-            # Runs after the swap's own pre-hook: this block is on its fetched copy, the next one is in flight.
+            # Runs inside the swap's wrapper: this block is on its fetched copy, the next one is in flight.
             on_copy = all(p not in host[index] for p in pointers(module))
             seen.append((index, on_copy, sorted(swap.ready)))
         return hook
 
     for index in swap.streamed:
         model.transformer_blocks[index].register_forward_pre_hook(record(index))
-    assert torch.equal(call(model), expected)
+    assert torch.equal(call(model, swap), expected)
     assert seen == [(1, True, [1, 2]), (2, True, [2, 3]), (3, True, [1, 3])]     # block 3 prefetches the next call's 1
     for index in swap.streamed:                    # back on the host between uses, but for the one prefetched
         assert (pointers(model.transformer_blocks[index]) == host[index]) == (index not in swap.ready)
     block = tensor_bytes(model.transformer_blocks[1])
     assert swap.bytes_streamed == 4 * block                          # blocks 1, 2, 3, and 1 for the next call
-    assert torch.equal(call(model), expected)                        # block 1 came prefetched
+    assert torch.equal(call(model, swap), expected)                  # block 1 came prefetched
     assert swap.bytes_streamed == 7 * block
     swap.remove()
     assert swap.ready == {} and all(pointers(model.transformer_blocks[i]) == host[i] for i in host)
-    assert torch.equal(call(model), expected)
+    assert torch.equal(call(model, swap), expected)                  # removed: the blocks run where they are
+    assert swap.fetches == [0, 3, 2, 2]                              # block 1 also prefetched at the end
 
 
 @pytest.mark.parametrize("resident,prefetch,streamed", [(0, 2, [0, 1, 2, 3]), (4, 1, []), (9, 1, [])])
@@ -70,7 +72,7 @@ def test_resident_counts_and_deeper_prefetch(resident, prefetch, streamed):
     expected = call(model)
     swap = BlockSwap(model, resident=resident, device="cpu", prefetch=prefetch)
     assert swap.streamed == streamed
-    assert torch.equal(call(model), expected)
+    assert torch.equal(call(model, swap), expected)
     assert len(swap.ready) == min(prefetch, len(streamed))
     swap.remove()
 
@@ -114,3 +116,42 @@ def test_sampling_with_block_swap_equals_sampling_without(comfy, tiny_models, qu
     for resident in (0, 1, 2):
         latent, frames = run_t2v(comfy, t2v_graph(name, block_swap=resident))
         assert torch.equal(latent, expected), resident
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fmt", ["fp32", "Q4_K"])
+def test_the_streamed_blocks_really_run_on_copies_brought_in_for_each_call(comfy, quantized_models, fmt, monkeypatch):
+    """Equal results cannot show on CPU that blocks were streamed: this records, at every block's run in the
+    graph, whether its weights are the host's tensors or a copy fetched for that call, and counts the fetches."""
+    import sys
+    from allegro_devtools.graphs import run_t2v, t2v_graph
+    node_module = next(module for name, module in sys.modules.items() if name.endswith(".nodes.block_swap"))
+    swap_class, swaps, runs = node_module.BlockSwap, [], []
+    original_init = swap_class.__init__
+
+    def capturing_init(swap, *args, **kwargs):
+        original_init(swap, *args, **kwargs)
+        swaps.append(swap)
+    monkeypatch.setattr(swap_class, "__init__", capturing_init)
+
+    def recording(run, block):
+        swap = swaps[-1]
+        tensors = block_tensors(swap.blocks[block.index])
+        host = swap.host_data.get(block.index, [])
+        on_copy = bool(host) and not {t.data_ptr() for t in tensors} & {h.data_ptr() for h in host}
+        runs.append((block.index, on_copy))
+        return run(block)
+    original_wrap = swap_class.wrap_block
+    # Innermost of all: runs with the weights the block computes with.
+    monkeypatch.setattr(swap_class, "wrap_block", lambda swap, run, block: original_wrap(
+        swap, lambda inner: recording(run, inner), block))
+    latent, _ = run_t2v(comfy, t2v_graph(quantized_models["t2v"][fmt], block_swap=1, steps=3))
+    assert torch.isfinite(latent).all()
+    swap = swaps[-1]
+    assert swap.streamed == [1]
+    calls = 3                                        # one batched cond + uncond call per step
+    # Block 0 resident (runs on its own tensors), block 1 on a fresh copy every call, back on the host after.
+    assert runs == [(0, False), (1, True)] * calls
+    assert swap.fetches == [0, calls] and swap.bytes_streamed == calls * tensor_bytes(swap.blocks[1])
+    host = swap.host_data[1]
+    assert [t.data_ptr() for t in block_tensors(swap.blocks[1])] == [h.data_ptr() for h in host]

@@ -14,7 +14,8 @@ import torch
 
 from allegro.config import TransformerConfig
 from allegro.parallel import Cancelled, ParallelLayout, local_rope, split_range, split_sizes
-from allegro.parallel_pool import RankGroup, WorkerError
+from allegro.dit_wrappers import Wrappers
+from allegro.parallel_pool import OnRankGroup, RankGroup, WorkerError
 from allegro.rope import RotaryEmbedding3D
 from allegro.schedule import linspace_schedule, timestep_at, training_sigmas
 from allegro.transformer import AllegroTransformer3D
@@ -72,7 +73,7 @@ def sample(model, runner=None, steps=3, batch=1, ti2v=False, cfg=7.5) -> torch.T
             if extra is not None:
                 scaled = torch.cat([scaled, torch.cat([extra, extra])], dim=1)
             timestep = timestep_at(sigma.expand(2 * batch), table)
-            eps = model(scaled, timestep, captions, mask, blocks_runner=runner)
+            eps = model(scaled, timestep, captions, mask, Wrappers([runner] if runner is not None else []))
             positive, negative = eps.chunk(2)
             x = x + (negative + cfg * (positive - negative)) * (sigma_next - sigma)
     return x
@@ -89,9 +90,10 @@ def start(cfg, seq, **kwargs) -> RankGroup:
     return RankGroup(ParallelLayout(cfg, seq), ["cpu"] * (cfg * seq), **kwargs).start()
 
 
-def runner_for(group, model, should_stop=None):
+def runner_for(group, model, should_stop=None) -> OnRankGroup:
+    """The wrapper that runs the model's blocks on `group`, which gets the model first."""
     group.load(model.config, list(model.state_dict().items()), key=(id(model), model.config.ti2v), dtype=torch.float32)
-    return lambda *args: group.run_blocks(model, *args, should_stop=should_stop)
+    return OnRankGroup(group, should_stop)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -154,7 +156,7 @@ def test_a_call_whose_batch_leaves_a_group_idle_still_equals():
     try:
         with torch.inference_mode():
             expected = model(x, torch.tensor([500.0]), captions[:1], mask[:1])
-            actual = model(x, torch.tensor([500.0]), captions[:1], mask[:1], blocks_runner=runner_for(group, model))
+            actual = model(x, torch.tensor([500.0]), captions[:1], mask[:1], Wrappers([runner_for(group, model)]))
         reports = group.last_reports
     finally:
         group.close()
@@ -183,7 +185,7 @@ def test_the_all_to_all_traffic_is_what_the_readme_estimate_counts(monkeypatch):
         runner = runner_for(group, model)
         monkeypatch.setattr(dist, "all_to_all_single", counting)
         with torch.inference_mode():
-            model(x, torch.tensor([500.0, 500.0]), captions, mask, blocks_runner=runner)
+            model(x, torch.tensor([500.0, 500.0]), captions, mask, Wrappers([runner]))
         monkeypatch.setattr(dist, "all_to_all_single", real)
     finally:
         group.close()
@@ -285,6 +287,21 @@ def test_a_worker_that_died_between_calls_is_reported_at_the_next_call():
             sample(model, runner, steps=1)
     finally:
         group.close()
+
+
+@pytest.mark.slow
+def test_a_worker_killed_while_idle_is_not_alive_even_before_it_is_reaped():
+    """The pool asks alive() right before it uses the group: a worker killed a moment earlier must already count
+    as dead (its process may still exist while the kernel tears it down, so Popen.poll() alone says alive)."""
+    model = random_model()
+    group = start(1, 2)
+    try:
+        runner_for(group, model)
+        assert group.alive()
+        os.kill(group.workers[0].pid, signal.SIGKILL)
+        assert not group.alive()                     # asked at once, not after waiting for the process to go
+    finally:
+        group.close(kill=True)
 
 
 RANK0_SCRIPT = textwrap.dedent("""

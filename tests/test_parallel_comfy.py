@@ -1,7 +1,9 @@
 """Allegro Multi-GPU in ComfyUI's executor (in-process, --cpu: the ranks are CPU processes over gloo):
 the tiny T2V and TI2V graphs give the single-process latents with CFG parallel, sequence parallel and both,
 through the Allegro sampler and the stock KSampler; bad settings are refused with what to do."""
+import os
 import re
+import signal
 import sys
 
 import numpy as np
@@ -148,6 +150,24 @@ def test_cancel_in_the_middle_of_a_block_stops_every_rank_and_the_workers_go_on(
     single = t2v_graph()
     single["sample"]["inputs"]["seed"] = 9
     assert relative(again.output("sample")["samples"], sampled(comfy, single)) <= TOLERANCE
+
+
+def test_a_worker_killed_while_idle_is_replaced_by_the_next_prompt(comfy, tiny_models):
+    """The next prompt queued right after an idle worker was killed (before its process is reaped) starts a new
+    worker and gives the exact result, instead of failing on the dead one."""
+    graph = with_multi_gpu(t2v_graph(), 2, True)
+    sampled(comfy, graph)
+    group = parallel_module()._group
+    killed = [w.pid for w in group.workers]
+    os.kill(killed[0], signal.SIGKILL)
+    graph["sample"]["inputs"]["seed"] = 10
+    result = comfy.run(graph, targets=["sample"], fresh=False)
+    assert result.status == "success", result.error
+    fresh = parallel_module()._group
+    assert fresh is not group and [w.pid for w in fresh.workers] != killed and fresh.alive()
+    single = t2v_graph()
+    single["sample"]["inputs"]["seed"] = 10
+    assert relative(result.output("sample")["samples"], sampled(comfy, single)) <= TOLERANCE
 
 
 @pytest.fixture(scope="module")

@@ -170,6 +170,32 @@ def test_lora_on_quantised_weights_equals_lora_on_fp32_within_the_quantisation_e
     assert first_linear(base).lora_patches is None
 
 
+@pytest.mark.parametrize("fmt", ("Q4_K", FP8_SCALED))
+def test_quantised_models_get_the_core_patcher_class_and_keep_the_lora_on_the_dequantised_weight(
+        comfy, quantized_models, lora_file, monkeypatch, fmt):
+    """Where ComfyUI has CoreModelPatcher (its dynamic-VRAM patcher when that is on), quantised models get that
+    class with the quantised patching mixed in: same prediction, LoRA still recorded on the layer, the stored
+    bytes untouched. (The dynamic patcher itself needs a GPU and comfy-aimdo; a subclass stands in.)"""
+    from comfy import model_patcher
+    name = quantized_models["t2v"][fmt]
+    plain = load(comfy, name)
+    expected, expected_lora = predict(plain), predict(with_lora(comfy, plain))
+
+    class CorePatcher(model_patcher.ModelPatcher):
+        pass
+    monkeypatch.setattr(model_patcher, "CoreModelPatcher", CorePatcher, raising=False)
+    core = load(comfy, name)
+    assert isinstance(core, CorePatcher) and type(core).__name__ == "QuantizedCorePatcher"
+    stored = first_linear(core).weight.detach().clone()
+    patched = with_lora(comfy, core)
+    assert type(patched) is type(core)                  # clones keep the class
+    assert torch.equal(predict(core), expected)
+    assert torch.equal(predict(patched), expected_lora)
+    assert first_linear(patched).lora_patches is not None and torch.equal(first_linear(patched).weight, stored)
+    factory, args = core.cached_patcher_init
+    assert not isinstance(factory(*args, disable_dynamic=True), CorePatcher)   # rebuilt without the core class
+
+
 def test_lora_on_a_partially_loaded_quantised_model(comfy, quantized_models, lora_file):
     """ComfyUI's low-VRAM partial loading (layers left offloaded get the LoRA as a per-call weight
     function) gives what the fully loaded model gives."""

@@ -165,6 +165,12 @@ def test_chunked_feed_forward_equals_unchunked():
     assert_relative(chunked, whole, 1e-6)
 
 
+def at(cache, progress):
+    """The model call's wrappers: the step cache, told the stream and the progress of this call."""
+    from allegro.dit_wrappers import Wrappers
+    return Wrappers([cache], options={"cache_key": "c", "progress": progress})
+
+
 def test_step_cache_skips_blocks_and_reuses_the_residual():
     from allegro.step_cache import StepCache
     model, _ = ours_from(reference_model())
@@ -172,10 +178,10 @@ def test_step_cache_skips_blocks_and_reuses_the_residual():
     x, context = torch.randn(1, 4, 3, 8, 8), torch.randn(1, 6, 32)
     cache = StepCache(threshold=10.0, start=0.0, end=1.0)       # skip whenever possible
     with torch.no_grad():
-        first = model(x, torch.tensor([900.0]), context, step_cache=cache, cache_key="c", progress=0.0)
+        first = model(x, torch.tensor([900.0]), context, wrappers=at(cache, 0.0))
         assert_relative(first, model(x, torch.tensor([900.0]), context), 1e-6, "first step computed")
         nearby = x + 0.01 * torch.randn_like(x)
-        cached = model(nearby, torch.tensor([890.0]), context, step_cache=cache, cache_key="c", progress=0.5)
+        cached = model(nearby, torch.tensor([890.0]), context, wrappers=at(cache, 0.5))
         exact = model(nearby, torch.tensor([890.0]), context)
     assert (cache.computed, cache.skipped) == (1, 1)
     # Reusing the residual is close to, not equal to, the full computation.
@@ -183,14 +189,15 @@ def test_step_cache_skips_blocks_and_reuses_the_residual():
     never = StepCache(threshold=0.0)
     with torch.no_grad():
         for step in range(3):
-            model(x, torch.tensor([900.0 - step]), context, step_cache=never, cache_key="c", progress=step / 2)
+            model(x, torch.tensor([900.0 - step]), context, wrappers=at(never, step / 2))
     assert (never.computed, never.skipped) == (3, 0)
 
 
 def test_block_swap_keeps_the_output_and_restores_host_weights():
-    """On CPU the swap degenerates to moving tensors between identical devices, but the hook
+    """On CPU the swap degenerates to moving tensors between identical devices, but the wrapper
     plumbing (fetch, prefetch of the next block, release) runs for real."""
     from allegro.block_swap import BlockSwap
+    from allegro.dit_wrappers import Wrappers
     model, _ = ours_from(reference_model())
     torch.manual_seed(9)
     x, timestep, context = torch.randn(1, 4, 3, 8, 8), torch.tensor([700.0]), torch.randn(1, 6, 32)
@@ -198,6 +205,7 @@ def test_block_swap_keeps_the_output_and_restores_host_weights():
         expected = model(x, timestep, context)
         swap = BlockSwap(model, resident=1, device="cpu")
         assert swap.streamed == [1]
-        assert torch.equal(model(x, timestep, context), expected)
+        assert torch.equal(model(x, timestep, context, wrappers=Wrappers([swap])), expected)
+        assert swap.fetches == [0, 1]
         assert swap.ready == {}
         swap.remove()
