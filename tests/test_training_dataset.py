@@ -125,3 +125,20 @@ def test_dataset_trains(comfy, dataset_folder):
     result = comfy.run(graph("clips/list.jsonl", train=True), targets=["train"])
     assert result.status == "success", result.error
     assert len(result.output("train", 2)["loss"]) == 2
+
+
+def test_the_training_workflow_runs_on_the_tiny_weights(comfy, base_dir):
+    """workflows/allegro_train_lora.json as the front-end queues it (tiny_prompt): dataset → train (2 steps) →
+    Save LoRA Weights + Plot Loss Graph, and the trained MODEL samples a video."""
+    from allegro_devtools.workflow_api import workflow_to_prompt
+    from allegro_devtools.workflow_check import WORKFLOW_DIR, load_workflow, tiny_prompt, write_tiny_training_list
+    write_tiny_training_list(base_dir / "input")
+    before = set((base_dir / "output").rglob("*.safetensors"))
+    workflow = load_workflow(WORKFLOW_DIR / "allegro_train_lora.json")
+    result = comfy.run(tiny_prompt(workflow_to_prompt(workflow, comfy.object_info()), "unused.png"))
+    assert result.status == "success", result.error
+    ids = {node["type"]: str(node["id"]) for node in workflow["nodes"]}
+    assert len(result.output(ids["AllegroVideo_TrainLoRA"], 2)["loss"]) == 2
+    assert "1 clips from 1 rows" in "\n".join(result.ui[ids["AllegroVideo_TrainingDataset"]]["text"])
+    assert len(set((base_dir / "output").rglob("*.safetensors")) - before) == 1      # the LoRA
+    assert ids["LossGraphNode"] in result.ui and ids["SaveVideo"] in result.ui
