@@ -130,7 +130,11 @@ def encode_row(row, video: Path, settings: dict, vae, cache: Path) -> tuple[dict
     frames = video_dataset.crop_and_resize(read_frames(video, indices), settings["max_height"], settings["max_width"])
     clip = make_clip(frames, None, vae)
     tensors = {"latent": clip["latent"], "frames": clip["frames"]}
-    write_atomically(tensors, cache)
+    try:
+        write_atomically(tensors, cache)
+    except OSError as error:                # a full or read-only disk: train from memory, encode again next time
+        logging.warning("Allegro Training Dataset: row %d (%s) not cached in %s: %s", row.line, row.path,
+                        cache.parent, error)
     return tensors, False
 
 

@@ -142,3 +142,37 @@ def test_the_training_workflow_runs_on_the_tiny_weights(comfy, base_dir):
     assert "1 clips from 1 rows" in "\n".join(result.ui[ids["AllegroVideo_TrainingDataset"]]["text"])
     assert len(set((base_dir / "output").rglob("*.safetensors")) - before) == 1      # the LoRA
     assert ids["LossGraphNode"] in result.ui and ids["SaveVideo"] in result.ui
+
+
+
+def test_a_failed_cache_write_leaves_no_file_and_the_clip_is_still_used(comfy, dataset_folder, monkeypatch):
+    import sys
+    module = sys.modules[comfy.node_types["AllegroVideo_TrainingDataset"].__module__]
+
+    def disk_full(tensors, path):
+        with open(path, "wb") as partial:
+            partial.write(b"half a file")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(module, "save_file", disk_full)
+    (dataset_folder / "one.jsonl").write_text(row("videos/good.mp4") + "\n")
+    cache = dataset_folder / ".allegro_cache"
+    before = set(cache.iterdir()) if cache.exists() else set()
+    prompt = graph("clips/one.jsonl")
+    prompt["data"]["inputs"]["seed"] = 7                    # a key not cached by the other tests
+    result = comfy.run(prompt, targets=["data"])
+    assert result.status == "success", result.error
+    assert len(result.output("data")) == 1 and "(0 from the cache)" in shown_text(result)
+    assert set(cache.iterdir()) - before == set()           # neither a cache file nor a partial one
+
+
+def test_a_parquet_list_without_pyarrow_says_what_to_install(comfy, dataset_folder):
+    try:
+        import pyarrow  # noqa: F401
+        pytest.skip("pyarrow is installed here: .parquet lists are read")
+    except ImportError:
+        pass
+    (dataset_folder / "list.parquet").write_bytes(b"PAR1")
+    result = comfy.run(graph("clips/list.parquet"), targets=["data"])
+    assert result.status == "error"
+    assert "needs the pyarrow package" in result.error["exception_message"]
