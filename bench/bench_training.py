@@ -59,7 +59,8 @@ def saved_per_block(train, model, clip: dict, set_up: dict) -> dict:
     tokens = clip["latent"][0, 0].numel() // 4
     current, seen = {"block": None}, set()
     saved = {kind: [0] * len(blocks) for kind in ("activations", "weights", "captions", "other")}
-    hooks = [block.register_forward_pre_hook(lambda _m, _a, i=i: current.update(block=i)) for i, block in enumerate(blocks)]
+    hooks = [block.register_forward_pre_hook(lambda _m, _a, i=i: current.update(block=i))
+             for i, block in enumerate(blocks)]
     hooks += [block.register_forward_hook(lambda *_: current.update(block=None)) for block in blocks]
 
     def pack(tensor):
@@ -99,7 +100,8 @@ def child(args):
         result["saved"] = saved_per_block(train, model, clip, set_up)
         diffusion = model.model.diffusion_model
         result["one_width"] = clip["latent"][0, 0].numel() // 4 * diffusion.proj_out.weight.shape[1] * 4
-        result["block_weights"] = sum(p.numel() * p.element_size() for p in diffusion.transformer_blocks[0].parameters())
+        first_block = diffusion.transformer_blocks[0]
+        result["block_weights"] = sum(p.numel() * p.element_size() for p in first_block.parameters())
 
     stamps = []
     import comfy.utils
@@ -148,7 +150,8 @@ def main():
     measured = markdown_table(["mode", "s / step", "peak RSS GiB", "peak anonymous GiB", "RSS before GiB",
                                "loss first → last"], rows)
     saved_text = (f"Saved for backward per block (no checkpointing): {', '.join(f'{w:.1f}' for w in widths)} widths of "
-                  f"[tokens, width] (allegro/training_memory.py SAVED_WIDTHS), and {', '.join(f'{w:.2f}' for w in weights)}"
+                  "[tokens, width] (allegro/training_memory.py SAVED_WIDTHS), and "
+                  f"{', '.join(f'{w:.2f}' for w in weights)}"
                   " x the block's weight bytes in weight-shaped tensors (the patched weights); at most "
                   f"{others['captions'] / 2**20:.1f} MiB caption-shaped and {others['other'] / 2**20:.1f} MiB other."
                   if widths else "")

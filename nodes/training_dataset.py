@@ -48,7 +48,7 @@ def list_choices() -> list[str]:
     """.jsonl and .parquet files under input/ (hidden folders skipped), as paths relative to it."""
     root = input_root()
     found = []
-    for folder, subfolders, files in os.walk(root, followlinks=True):
+    for folder, subfolders, files in os.walk(root):          # links not followed: no cycles
         subfolders[:] = sorted(name for name in subfolders if not name.startswith("."))
         found += [(Path(folder) / name).relative_to(root).as_posix() for name in files if name.endswith(LIST_SUFFIXES)]
     return sorted(found)
@@ -162,7 +162,8 @@ def build_set(list_path: Path, clip, vae, settings: dict) -> tuple[list, dict]:
                 raise VideoUnreadable("is not a relative path inside ComfyUI's input/ folder")
             if not video.is_file():
                 raise VideoUnreadable("is not a file (missing?)")
-            cache = base / CACHE_FOLDER / f"{cache_key(video, {key: settings[key] for key in SAMPLING_KEYS}, vae_id)}.safetensors"
+            sampling = {key: settings[key] for key in SAMPLING_KEYS}
+            cache = base / CACHE_FOLDER / f"{cache_key(video, sampling, vae_id)}.safetensors"
             tensors, from_cache = encode_row(row, video, settings, vae, cache)
         except (VideoUnreadable, OSError) as error:
             report["problems"].append(video_dataset.RowProblem(row.line, row.path, str(error)))
@@ -249,6 +250,7 @@ class AllegroTrainingDataset(io.ComfyNode):
         text = summary(list_file, len(training_set), report)
         logging.info("Allegro Training Dataset %s", text)
         if not training_set:
-            raise ValueError(f"No usable clip in {list_file}.\n{summary(list_file, 0, report, SHOWN_IN_ERROR)}\nFix or remove those rows, or loosen "
+            named = summary(list_file, 0, report, SHOWN_IN_ERROR)
+            raise ValueError(f"No usable clip in {list_file}.\n{named}\nFix or remove those rows, or loosen "
                              "num_frames, sample_rate, hw_thr or hw_aspect_thr.")
         return io.NodeOutput(training_set, ui=ui.PreviewText(text))

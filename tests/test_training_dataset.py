@@ -1,6 +1,6 @@
 """'Allegro Training Dataset' in the executor, on tiny videos PyAV writes here (mpeg4, 64x48): a list
 with good rows and every kind of bad row (malformed JSON, a missing column, an absurd size, a path
-leaving input/, a missing file, an undecodable file, a video with no frames, one too short for
+leaving input/ (by '..' or by a link), a missing file, an undecodable file, a video with no frames, one too short for
 num_frames x sample_rate, a listed size the seed's filter rejects, a caption over 512 tokens). Good rows
 become clips of the asked size; bad rows are skipped and named on the node; the cache holds one
 complete file per clip (no partial file) and serves the second run; a list of only bad rows is an
@@ -58,7 +58,11 @@ def dataset_folder(base_dir):
         row("videos/good2.mp4", cap="a long caption " * 400, num_frames=20),
     ]
     (folder / "list.jsonl").write_text("\n".join(lines) + "\n")
-    (folder / "bad.jsonl").write_text("\n".join(lines[1:9]) + "\n")
+    write_video(base_dir / "outside_real.mp4", 24)                 # a good video outside input/, reached by a link
+    link = folder / "videos" / "link.mp4"
+    if not link.is_symlink():
+        link.symlink_to(base_dir / "outside_real.mp4")
+    (folder / "bad.jsonl").write_text("\n".join(lines[1:9] + [row("videos/link.mp4")]) + "\n")
     return folder
 
 
@@ -115,7 +119,7 @@ def test_every_bad_row_kind_is_named(comfy, dataset_folder):
     assert "No usable clip in clips/bad.jsonl" in message
     expected = {"row 4 (../../outside.mp4)": "inside ComfyUI's input/", "row 5 (videos/missing.mp4)": "missing",
                 "row 6 (videos/broken.mp4)": "cannot be", "row 7 (videos/empty.mkv)": "cannot be opened",
-                "row 8 (videos/short.mp4)": "has 5 frames"}
+                "row 8 (videos/short.mp4)": "has 5 frames", "row 9 (videos/link.mp4)": "inside ComfyUI's input/"}
     logged = message
     for where, why in expected.items():
         assert any(where in line and why in line for line in logged.splitlines()), (where, why)
