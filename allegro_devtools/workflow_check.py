@@ -94,12 +94,36 @@ MODEL_FILE_WIDGETS = {
     ("AllegroVideo_T5Loader", "text_encoder"): {"diffusers/Allegro"},
     ("CLIPLoader", "clip_name"): {"t5xxl_fp16.safetensors"},
     ("LoadImage", "image"): {"example.png"},
+    ("AllegroVideo_TrainingDataset", "list_file"): {"allegro_training/train.jsonl"},
 }
 
 # Tiny-weight runs (tests): names written by random_models.write_all, a size its VAE decodes fully.
 TINY_T2V, TINY_TI2V = "diffusers/Allegro-tiny", "diffusers/Allegro-TI2V-tiny"
 TINY_SIZE = {"width": 240, "height": 240, "length": 24}
 TINY_STEPS = 2
+# Training at the tiny size: a list of one short clip (write_tiny_training_list), 2 optimizer steps.
+TINY_TRAINING_LIST = "tiny_training/train.jsonl"
+TINY_TRAINING = {"num_frames": 8, "sample_rate": 1, "max_height": 32, "max_width": 32, "hw_thr": 0.0}
+TINY_TRAINING_STEPS = 2
+
+
+def write_tiny_training_list(input_dir: Path) -> str:
+    """TINY_TRAINING_LIST under `input_dir`: one 12-frame 48x64 mpeg4 clip (PyAV) and its caption."""
+    import av
+    import numpy as np
+    folder = Path(input_dir) / Path(TINY_TRAINING_LIST).parent
+    folder.mkdir(parents=True, exist_ok=True)
+    with av.open(str(folder / "clip.mp4"), "w") as container:
+        stream = container.add_stream("mpeg4", rate=15)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        for index in range(12):
+            image = np.full((48, 64, 3), 40, np.uint8)
+            image[:, (index * 5) % 64:, 2] = 220
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
+        container.mux(stream.encode())
+    row = {"path": "clip.mp4", "num_frames": 12, "height": 48, "width": 64, "cap": "a blue curtain slides right"}
+    (Path(input_dir) / TINY_TRAINING_LIST).write_text(json.dumps(row) + "\n")
+    return TINY_TRAINING_LIST
 
 
 def workflow_paths() -> list[Path]:
@@ -240,7 +264,8 @@ def tiny_indices(indices: str, length: int, tiny_length: int) -> str:
 
 def tiny_prompt(prompt: dict, first_image: str, last_image: str | None = None) -> dict:
     """The API prompt of a shipped workflow, made to run on the tiny test weights at a small size:
-    tiny model folders, 240x240x24 (keyframe indices scaled to it), 2 steps, the test images (the one
+    tiny model folders, 240x240x24 (keyframe indices scaled to it), 2 steps, training on the tiny list
+    (write_tiny_training_list) for 2 steps, the test images (the one
     linked to a TI2V node's last_frame gets `last_image`, every other Load Image `first_image`);
     CLIPLoader (which cannot load a tiny T5) swapped for the package's diffusers T5 loader under the
     same node id, so every link still holds."""
@@ -265,6 +290,10 @@ def tiny_prompt(prompt: dict, first_image: str, last_image: str | None = None) -
             inputs["image"] = last_image if node_id in last_frame_loads and last_image else first_image
         elif kind == "AllegroVideo_Sampler":
             inputs["steps"] = TINY_STEPS
+        elif kind == "AllegroVideo_TrainingDataset":
+            inputs.update(TINY_TRAINING, list_file=TINY_TRAINING_LIST)
+        elif kind == "AllegroVideo_TrainLoRA":
+            inputs["steps"] = TINY_TRAINING_STEPS
     return prompt
 
 

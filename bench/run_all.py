@@ -34,6 +34,7 @@ BENCHES = {
     "weight_checks": ("bench.bench_weight_checks", [], ["--gib", "0.02", "--reps", "1"]),
     "prompt_cleaning": ("bench.bench_prompt_cleaning", [], ["--mib", "0.05", "--reps", "1", "--shapes", "broken markup"]),
     "regex_rules": ("bench.bench_regex_rules", [], ["--chars", "2000", "--reps", "1"]),
+    "training": ("bench.bench_training", [], ["--size", "tiny", "--video", "8x64x64", "--steps", "3"]),
     "quant": ("bench.bench_quant", ["--layers", "4", "--video", "8x128x128"], ["--layers", "2", "--video", "8x64x64", "--formats", "Q4_K", "fp8_scaled"]),
 }
 MARK = "<!-- bench:{} -->"

@@ -19,6 +19,7 @@ from .text_encode import AllegroTextEncode
 from .ti2v import AllegroTI2VConditioning
 from .ti2v_keyframes import AllegroTI2VContinue, AllegroTI2VKeyframes
 from .train_lora import AllegroTrainLoRA
+from .training_dataset import AllegroTrainingDataset
 from .training_set import AllegroTrainingClip
 from .vae_nodes import AllegroVAEDecode, AllegroVAEEncode
 
@@ -29,7 +30,7 @@ NODES: list[type[io.ComfyNode]] = [
     AllegroLoraLoader,
     AllegroPeRFlowSampler,
     AllegroTI2VKeyframes, AllegroTI2VContinue, AllegroJoinClips, AllegroMultiGPU, AllegroBlockSwap,
-    AllegroTrainingClip, AllegroTrainLoRA,
+    AllegroTrainingClip, AllegroTrainingDataset, AllegroTrainLoRA,
 ]
 # The ids this package used before the prefix (version 0.1): ComfyUI versions with node replacement
 # open workflows saved with them as the new nodes (same inputs, same order).

@@ -33,6 +33,11 @@ def shorten(text: str, limit: int = LOGGED_DROPPED_CHARS) -> str:
 
 def encode(clip, text: str, clean: bool, label: str):
     """[[hidden states [1, 512, d], {"attention_mask": [1, 512]}]] — standard CONDITIONING (512 = TEXT_TOKENS)."""
+    return encode_reporting(clip, text, clean, label)[0]
+
+
+def encode_reporting(clip, text: str, clean: bool, label: str):
+    """(encode's CONDITIONING, whether T5's TEXT_TOKENS cut the text short)."""
     hf_tokenizer = t5_tokenizer_of(clip).tokenizer
     # Bounded work whatever the prompt's length; Cancel is honoured between the cleaning steps.
     prepared = prompts.prepare_for_t5(text, lambda s: hf_tokenizer(s, add_special_tokens=False)["input_ids"],
@@ -56,7 +61,7 @@ def encode(clip, text: str, clean: bool, label: str):
         raise ValueError(f"T5 turned the {label} prompt into {checks.count_non_finite(states)}: its weights or its "
                          "dtype (fp16 can overflow in T5-XXL). Load it in bf16 or fp32, or download it again.")
     encoder = getattr(clip, "allegro_source", None) or f"a T5 giving {states.shape[-1]}-wide states"
-    return [[states, {"attention_mask": mask, "pooled_output": None, "allegro_text_encoder": encoder}]]
+    return [[states, {"attention_mask": mask, "pooled_output": None, "allegro_text_encoder": encoder}]], tokens.truncated
 
 
 class AllegroTextEncode(io.ComfyNode):

@@ -25,11 +25,8 @@ def caption_of(conditioning, name: str) -> tuple[torch.Tensor, torch.Tensor]:
     return states[:1], mask[:1]
 
 
-def make_clip(frames: torch.Tensor, caption, vae) -> dict:
-    """A training-set entry from an IMAGE batch [N, H, W, C] in 0..1 and a conditioning."""
-    if frames.ndim != 4 or frames.shape[0] < 1:
-        raise ValueError(f"'frames' must be an IMAGE batch [frames, height, width, channels], got {list(frames.shape)}")
-    count, height, width = frames.shape[:3]
+def check_clip_shape(count: int, height: int, width: int, vae) -> None:
+    """The frame count and size a training clip must have (the VAE's and the DiT's strides)."""
     if count % TEMPORAL_FACTOR:
         raise ValueError(f"The clip has {count} frames; Allegro's VAE groups {TEMPORAL_FACTOR} frames into one latent "
                          f"frame, so training clips need a multiple of {TEMPORAL_FACTOR} (88 as trained): trim it to "
@@ -38,6 +35,13 @@ def make_clip(frames: torch.Tensor, caption, vae) -> dict:
     if height % factor or width % factor:
         raise ValueError(f"The clip is {width}x{height}; width and height must be multiples of {factor} (VAE {factor // 2}"
                          f" x 2x2 patches): resize or crop it first (e.g. with 'Upscale Image').")
+
+
+def make_clip(frames: torch.Tensor, caption, vae) -> dict:
+    """A training-set entry from an IMAGE batch [N, H, W, C] in 0..1 and a conditioning."""
+    if frames.ndim != 4 or frames.shape[0] < 1:
+        raise ValueError(f"'frames' must be an IMAGE batch [frames, height, width, channels], got {list(frames.shape)}")
+    check_clip_shape(*frames.shape[:3], vae)
     pixels = frames[..., :3].float()
     latent = vae.encode(pixels)
     return {"latent": latent.cpu(), "frames": (pixels * 255).round().to(torch.uint8).cpu(), "caption": caption}

@@ -172,6 +172,36 @@ def allegro_t2v_rife_30fps() -> list[Node]:
     return text_to_video_nodes(note) + [rife, combine]
 
 
+TRAINING_LIST = "allegro_training/train.jsonl"
+TRAIN_NOTE = (f"\n\nTraining: put your videos and a list in ComfyUI/input/allegro_training/ — {TRAINING_LIST}, one "
+              "JSON object a line: {\"path\": \"clip1.mp4\", \"num_frames\": 120, \"height\": 720, \"width\": "
+              "1280, \"cap\": \"what the clip shows\"} (the seed's format; paths relative to the list). 'Allegro "
+              "Training Dataset' samples 88 frames at 720x1280 as the seed does, encodes each clip once (cached in "
+              ".allegro_cache/ next to the list) and shows which rows it skipped. 'Allegro Train LoRA' trains; 'Save "
+              "LoRA Weights' writes output/loras/allegro_lora_*.safetensors (copy it to models/loras/ for 'Load "
+              "Allegro LoRA'); the sampler here uses the trained MODEL directly. Full size needs a big GPU (see the "
+              "README's Fine-tuning memory table): lower num_frames and the size for a first try.")
+
+
+def allegro_train_lora() -> list[Node]:
+    """Dataset -> Allegro Train LoRA -> Save LoRA Weights + Plot Loss Graph; the trained MODEL samples a video."""
+    nodes = text_to_video_nodes(TRAIN_NOTE) + save_nodes(9, (8, 0), 1700, "allegro/t2v_trained_lora")
+    sampler = next(n for n in nodes if n.type == "AllegroVideo_Sampler")
+    sampler.links["model"] = (33, 0)
+    return nodes + [
+        Node(30, "AllegroVideo_TrainingDataset", (0, 1000), {"list_file": TRAINING_LIST},
+             {"clip": (2, 0), "vae": (7, 0)}, width=400),
+        Node(32, "AllegroVideo_TextEncode", (440, 1000), {"prompt": "", "use_template": False, "clean_caption": False},
+             {"clip": (2, 0)}, title="Empty caption (caption dropout)", width=420),
+        Node(33, "AllegroVideo_TrainLoRA", (900, 1000), {},
+             {"model": (4, 0), "training_set": (30, 0), "empty_caption": (32, 0), "vae": (7, 0)}, width=400),
+        Node(34, "SaveLoRA", (1340, 1000), {"prefix": "loras/allegro_lora"}, {"lora": (33, 1), "steps": (33, 3)},
+             width=340),
+        Node(35, "LossGraphNode", (1340, 1200), {"filename_prefix": "allegro_lora_loss"}, {"loss": (33, 2)},
+             width=340),
+    ]
+
+
 WORKFLOWS = {
     "allegro_t2v": allegro_t2v,
     "allegro_ti2v": lambda: allegro_ti2v(last_frame=False),
@@ -181,6 +211,7 @@ WORKFLOWS = {
     "allegro_t2v_40x360p": allegro_t2v_40x360p,
     "allegro_t2v_core_upscale": allegro_t2v_core_upscale,
     "allegro_t2v_rife_30fps": allegro_t2v_rife_30fps,
+    "allegro_train_lora": allegro_train_lora,
 }
 
 

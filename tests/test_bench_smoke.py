@@ -133,3 +133,20 @@ def test_prompt_cleaning_bench(out_dir):
     rows = table_rows(run_quick("prompt_cleaning", out_dir))
     assert [row[0] for row in rows] == ["broken markup"]
     assert rows[0][4] == "8,189"          # the cleaner stops at its last window, whatever the prompt's length
+
+
+def test_training_bench(out_dir):
+    out = run_quick("training", out_dir)
+    rows = table_rows(out)
+    measured = {row[0]: row for row in rows if row[0].startswith("checkpointing")}
+    assert set(measured) == {"checkpointing off", "checkpointing on"}
+    assert all(float(row[1]) > 0 for row in measured.values())
+    # The first step's loss comes before any update: the same forward with or without checkpointing.
+    first = {mode: row[5].split(" → ")[0] for mode, row in measured.items()}
+    assert first["checkpointing off"] == first["checkpointing on"]
+    computed = [row for row in rows if "x" in row[0] and row[0][0].isdigit()]
+    assert len(computed) == 12
+    totals = {(row[0], row[1], row[2]): float(row[-1]) for row in computed}
+    # Checkpointing and block swap each lower the computed VRAM.
+    assert totals[("88x720x1280", "on", "32")] < totals[("88x720x1280", "off", "32")]
+    assert totals[("88x720x1280", "on", "16")] < totals[("88x720x1280", "on", "32")]

@@ -13,7 +13,8 @@ from PIL import Image
 
 from allegro_devtools import browser
 from allegro_devtools.workflow_check import (THIRD_PARTY_NODE_TYPES, is_runnable, load_workflow, package_types,
-                                            saved_files, third_party_types, tiny_prompt, workflow_paths)
+                                            saved_files, third_party_types, tiny_prompt, workflow_paths,
+                                            write_tiny_training_list)
 from allegro_devtools.workflow_api import workflow_to_prompt
 
 pytestmark = [pytest.mark.browser, pytest.mark.server, pytest.mark.slow]
@@ -24,7 +25,7 @@ WORKFLOWS = {path.stem: path for path in workflow_paths()}
 EXPECTED_VIDEO = {"allegro_t2v": (24, 240, 240), "allegro_ti2v": (24, 240, 240),
                   "allegro_ti2v_first_last": (24, 240, 240), "allegro_ti2v_keyframes": (24, 240, 240),
                   "allegro_ti2v_extend": (44, 240, 240), "allegro_t2v_40x360p": (24, 240, 240),
-                  "allegro_t2v_core_upscale": (24, 360, 360)}
+                  "allegro_t2v_core_upscale": (24, 360, 360), "allegro_train_lora": (24, 240, 240)}
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +43,9 @@ def page(comfy_server):
 
 @pytest.fixture(scope="module")
 def input_images(comfy_server):
-    """A first and a last frame in the server's input folder, of different sizes and aspects."""
+    """A first and a last frame in the server's input folder, of different sizes and aspects (and the tiny
+    training list the training workflow reads)."""
+    write_tiny_training_list(comfy_server.base_dir / "input")
     rng = np.random.default_rng(5)
     first = np.linspace(0, 255, 180 * 320 * 3).reshape(180, 320, 3).astype(np.uint8)
     Image.fromarray(first).save(comfy_server.base_dir / "input" / "browser_first.png")

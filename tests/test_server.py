@@ -13,7 +13,7 @@ PACKAGE_NODES = {"AllegroVideo_ModelLoader", "AllegroVideo_VAELoader", "AllegroV
                  "AllegroVideo_TI2VContinue", "AllegroVideo_JoinClips", "AllegroVideo_MultiGPU",
                  "AllegroVideo_BlockSwap",
                  "AllegroVideo_PeRFlowSampler",
-                 "AllegroVideo_TrainingClip", "AllegroVideo_TrainLoRA"}
+                 "AllegroVideo_TrainingClip", "AllegroVideo_TrainingDataset", "AllegroVideo_TrainLoRA"}
 # The node ids of the other Allegro pack (bombax-xiaoice/ComfyUI-Allegro): ComfyUI lets the pack loaded
 # last silently replace an id, so ours must never be one of these.
 OTHER_PACK_NODE_IDS = {"LoadAllegroModel", "AllegroSampler", "AllegroDecoder", "AllegroEncoder", "AllegroTextEncoder",

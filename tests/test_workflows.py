@@ -15,7 +15,7 @@ from allegro_devtools.workflow_check import (NOTE_TYPES, RIFE_VFI, THIRD_PARTY_N
 pytestmark = [pytest.mark.server, pytest.mark.slow]
 
 SHIPPED = {"allegro_t2v", "allegro_ti2v", "allegro_ti2v_first_last", "allegro_ti2v_keyframes", "allegro_ti2v_extend",
-           "allegro_t2v_40x360p", "allegro_t2v_core_upscale", "allegro_t2v_rife_30fps"}
+           "allegro_t2v_40x360p", "allegro_t2v_core_upscale", "allegro_t2v_rife_30fps", "allegro_train_lora"}
 THIRD_PARTY_BY_WORKFLOW = {"allegro_t2v_rife_30fps": {RIFE_VFI, VHS_VIDEO_COMBINE}}
 WORKFLOWS = {path.stem: path for path in workflow_paths()}
 

@@ -1,0 +1,182 @@
+"""'Allegro Training Dataset' in the executor, on tiny videos PyAV writes here (mpeg4, 64x48): a list
+with good rows and every kind of bad row (malformed JSON, a missing column, an absurd size, a path
+leaving input/ (by '..' or by a link), a missing file, an undecodable file, a video with no frames, one too short for
+num_frames x sample_rate, a listed size the seed's filter rejects, a caption over 512 tokens). Good rows
+become clips of the asked size; bad rows are skipped and named on the node; the cache holds one
+complete file per clip (no partial file) and serves the second run; a list of only bad rows is an
+error naming why; the set trains with 'Allegro Train LoRA'."""
+import json
+
+import av
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.slow
+
+T2V = "diffusers/Allegro-tiny"
+
+
+def write_video(path, frames: int, width: int = 64, height: int = 48):
+    """An mpeg4 video of `frames` frames (a moving gradient); frames=0 writes a container with no frames."""
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("mpeg4", rate=24)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        container.start_encoding()             # the header, even when no frame follows
+        for index in range(frames):
+            image = np.zeros((height, width, 3), np.uint8)
+            image[..., 0] = (np.arange(width) * 4 + index * 8) % 256
+            image[..., 1] = 128
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
+        container.mux(stream.encode())
+
+
+def row(path, cap="a gradient moves", num_frames=24, height=48, width=64):
+    return json.dumps({"path": path, "num_frames": num_frames, "height": height, "width": width, "cap": cap})
+
+
+@pytest.fixture(scope="module")
+def dataset_folder(base_dir):
+    folder = base_dir / "input" / "clips"
+    (folder / "videos").mkdir(parents=True, exist_ok=True)
+    write_video(folder / "videos" / "good.mp4", 24)
+    write_video(folder / "videos" / "good2.mp4", 20)
+    write_video(folder / "videos" / "short.mp4", 5)
+    write_video(folder / "videos" / "empty.mkv", 0)         # a container whose stream has no frames
+    (folder / "videos" / "broken.mp4").write_bytes(b"\x00not a video" * 100)
+    (base_dir / "outside.mp4").write_bytes(b"")
+    lines = [
+        row("videos/good.mp4"),
+        '{"path": "videos/good.mp4", "num_frames": 24,',
+        json.dumps({"path": "videos/good.mp4", "num_frames": 24, "height": 48, "width": 64}),
+        row("videos/good.mp4", height=10 ** 9),
+        row("../../outside.mp4"),
+        row("videos/missing.mp4"),
+        row("videos/broken.mp4"),
+        row("videos/empty.mkv"),
+        row("videos/short.mp4"),                     # listed 24 frames, has 5
+        row("videos/good.mp4", height=16, width=64),  # the seed's size filter drops it
+        row("videos/good2.mp4", cap="a long caption " * 400, num_frames=20),
+    ]
+    (folder / "list.jsonl").write_text("\n".join(lines) + "\n")
+    write_video(base_dir / "outside_real.mp4", 24)                 # a good video outside input/, reached by a link
+    link = folder / "videos" / "link.mp4"
+    if not link.is_symlink():
+        link.symlink_to(base_dir / "outside_real.mp4")
+    (folder / "bad.jsonl").write_text("\n".join(lines[1:9] + [row("videos/link.mp4")]) + "\n")
+    return folder
+
+
+def graph(list_file: str, train: bool = False) -> dict:
+    nodes = {
+        "t5": {"class_type": "AllegroVideo_T5Loader", "inputs": {"text_encoder": T2V, "dtype": "fp32"}},
+        "vae": {"class_type": "AllegroVideo_VAELoader", "inputs": {"vae_name": T2V, "dtype": "fp32"}},
+        "data": {"class_type": "AllegroVideo_TrainingDataset", "inputs": {
+            "list_file": list_file, "clip": ["t5", 0], "vae": ["vae", 0], "num_frames": 8, "sample_rate": 2,
+            "max_height": 32, "max_width": 32, "hw_thr": 0.5, "hw_aspect_thr": 1.5, "seed": 0}},
+    }
+    if train:
+        nodes["dit"] = {"class_type": "AllegroVideo_ModelLoader", "inputs": {"model_name": T2V, "weight_dtype": "fp32"}}
+        nodes["train"] = {"class_type": "AllegroVideo_TrainLoRA", "inputs": {
+            "model": ["dit", 0], "training_set": ["data", 0], "steps": 2, "learning_rate": 1e-3, "rank": 2,
+            "algorithm": "LoRA", "snr_gamma": 5.0, "caption_dropout": 0.0, "ti2v_masks": "seed mix",
+            "gradient_checkpointing": False, "existing_lora": "[None]", "seed": 0, "lora_dtype": "fp32"}}
+    return nodes
+
+
+def shown_text(result) -> str:
+    return "\n".join(result.ui["data"]["text"])
+
+
+def test_dataset_keeps_good_rows_and_names_bad_ones(comfy, dataset_folder):
+    cache = dataset_folder / ".allegro_cache"
+    result = comfy.run(graph("clips/list.jsonl"), targets=["data"])
+    assert result.status == "success", result.error
+    clips = result.output("data")
+    assert len(clips) == 2
+    for clip in clips:
+        assert clip["frames"].shape == (8, 32, 32, 3) and list(clip["latent"].shape[:3]) == [1, 4, 2]
+        states, mask = clip["caption"]
+        assert states.shape[:2] == mask.shape == (1, 512)
+    text = shown_text(result)
+    assert "2 clips from 11 rows (0 from the cache)" in text
+    assert "1 by size" in text and "Skipped 8 bad rows" in text
+    assert "1 captions were longer than T5's 512 tokens" in text
+    for needle in ("row 2: is not valid JSON", "row 3 (videos/good.mp4): lacks cap", "row 4 (videos/good.mp4)"):
+        assert needle in text, needle
+    assert len(list(cache.glob("*.safetensors"))) == 2 and not list(cache.glob(".*partial"))
+
+    again = comfy.run(graph("clips/list.jsonl"), targets=["data"])
+    assert again.status == "success", again.error
+    assert "(2 from the cache)" in shown_text(again)
+    for first, second in zip(clips, again.output("data")):
+        assert (first["latent"] == second["latent"]).all() and (first["frames"] == second["frames"]).all()
+
+
+def test_every_bad_row_kind_is_named(comfy, dataset_folder):
+    result = comfy.run(graph("clips/bad.jsonl"), targets=["data"])
+    assert result.status == "error"
+    message = result.error["exception_message"]
+    assert "No usable clip in clips/bad.jsonl" in message
+    expected = {"row 4 (../../outside.mp4)": "inside ComfyUI's input/", "row 5 (videos/missing.mp4)": "missing",
+                "row 6 (videos/broken.mp4)": "cannot be", "row 7 (videos/empty.mkv)": "cannot be opened",
+                "row 8 (videos/short.mp4)": "has 5 frames", "row 9 (videos/link.mp4)": "inside ComfyUI's input/"}
+    logged = message
+    for where, why in expected.items():
+        assert any(where in line and why in line for line in logged.splitlines()), (where, why)
+
+
+def test_dataset_trains(comfy, dataset_folder):
+    result = comfy.run(graph("clips/list.jsonl", train=True), targets=["train"])
+    assert result.status == "success", result.error
+    assert len(result.output("train", 2)["loss"]) == 2
+
+
+def test_the_training_workflow_runs_on_the_tiny_weights(comfy, base_dir):
+    """workflows/allegro_train_lora.json as the front-end queues it (tiny_prompt): dataset → train (2 steps) →
+    Save LoRA Weights + Plot Loss Graph, and the trained MODEL samples a video."""
+    from allegro_devtools.workflow_api import workflow_to_prompt
+    from allegro_devtools.workflow_check import WORKFLOW_DIR, load_workflow, tiny_prompt, write_tiny_training_list
+    write_tiny_training_list(base_dir / "input")
+    before = set((base_dir / "output").rglob("*.safetensors"))
+    workflow = load_workflow(WORKFLOW_DIR / "allegro_train_lora.json")
+    result = comfy.run(tiny_prompt(workflow_to_prompt(workflow, comfy.object_info()), "unused.png"))
+    assert result.status == "success", result.error
+    ids = {node["type"]: str(node["id"]) for node in workflow["nodes"]}
+    assert len(result.output(ids["AllegroVideo_TrainLoRA"], 2)["loss"]) == 2
+    assert "1 clips from 1 rows" in "\n".join(result.ui[ids["AllegroVideo_TrainingDataset"]]["text"])
+    assert len(set((base_dir / "output").rglob("*.safetensors")) - before) == 1      # the LoRA
+    assert ids["LossGraphNode"] in result.ui and ids["SaveVideo"] in result.ui
+
+
+
+def test_a_failed_cache_write_leaves_no_file_and_the_clip_is_still_used(comfy, dataset_folder, monkeypatch):
+    import sys
+    module = sys.modules[comfy.node_types["AllegroVideo_TrainingDataset"].__module__]
+
+    def disk_full(tensors, path):
+        with open(path, "wb") as partial:
+            partial.write(b"half a file")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(module, "save_file", disk_full)
+    (dataset_folder / "one.jsonl").write_text(row("videos/good.mp4") + "\n")
+    cache = dataset_folder / ".allegro_cache"
+    before = set(cache.iterdir()) if cache.exists() else set()
+    prompt = graph("clips/one.jsonl")
+    prompt["data"]["inputs"]["seed"] = 7                    # a key not cached by the other tests
+    result = comfy.run(prompt, targets=["data"])
+    assert result.status == "success", result.error
+    assert len(result.output("data")) == 1 and "(0 from the cache)" in shown_text(result)
+    assert set(cache.iterdir()) - before == set()           # neither a cache file nor a partial one
+
+
+def test_a_parquet_list_without_pyarrow_says_what_to_install(comfy, dataset_folder):
+    try:
+        import pyarrow  # noqa: F401
+        pytest.skip("pyarrow is installed here: .parquet lists are read")
+    except ImportError:
+        pass
+    (dataset_folder / "list.parquet").write_bytes(b"PAR1")
+    result = comfy.run(graph("clips/list.parquet"), targets=["data"])
+    assert result.status == "error"
+    assert "needs the pyarrow package" in result.error["exception_message"]
