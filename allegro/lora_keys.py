@@ -14,6 +14,7 @@ diff, …). The formats differ in prefix and separator:
 model (its generic rule); parts are passed on unchanged, so every adapter kind ComfyUI knows works.
 Pure: no ComfyUI imports.
 """
+import math
 from collections.abc import Iterable, Mapping
 
 from .quoting import quote
@@ -49,8 +50,10 @@ def split_key(key: str, modules: set[str], kohya_names: Mapping[str, str]) -> tu
     return None
 
 
-# Adapter parts whose shape follows the layer's weight [out, in, …]: (axis of the part, axis of the weight).
-SHAPED_PARTS = {"lora_up": (0, 0), "lora_B": (0, 0), "lora_down": (1, 1), "lora_A": (1, 1)}
+# Adapter parts whose shape follows the layer's weight [out, in, …]: the up half gives the output rows, the
+# down half the inputs — all of them, flattened, as ComfyUI multiplies them (a conv layer's [out, in, kh, kw]
+# takes a down half of [rank, in·kh·kw], as core's trainer saves it, or of [rank, in, kh, kw]).
+OUTPUT_PARTS, INPUT_PARTS = ("lora_up", "lora_B"), ("lora_down", "lora_A")
 
 
 def shape_misfits(renamed: Mapping, weight_shapes: Mapping[str, tuple]) -> dict[str, tuple[str, tuple, tuple]]:
@@ -67,11 +70,12 @@ def shape_misfits(renamed: Mapping, weight_shapes: Mapping[str, tuple]) -> dict[
         modules[name] = module
         weight, part, shape = tuple(weight_shapes[f"{module}.weight"]), module_part[len(module) + 1:], tuple(tensor.shape)
         kind = part.split(".")[0]
-        axes = SHAPED_PARTS.get(kind)
         if kind == "diff":
             fits = shape == weight
-        elif axes is not None:
-            fits = len(shape) > axes[0] and len(weight) > axes[1] and shape[axes[0]] == weight[axes[1]]
+        elif kind in OUTPUT_PARTS:
+            fits = len(shape) >= 1 and shape[0] == weight[0]
+        elif kind in INPUT_PARTS:
+            fits = len(shape) >= 2 and math.prod(shape[1:]) == math.prod(weight[1:])
         else:
             fits = True                   # alpha, dora_scale, LoHa/LoKr factors: ComfyUI checks these itself
         if not fits and module not in wrong:
