@@ -7,7 +7,7 @@ A bound is sound when it sits a few times above the largest value of its row.
 
     .venv/bin/python -m scripts.measure_spread                 # the tests marked numerics
     .venv/bin/python -m scripts.measure_spread tests/test_lora.py -k merged   # any pytest selection
-    .venv/bin/python -m scripts.measure_spread --out docs/numerics-spread.md
+    .venv/bin/python -m scripts.measure_spread --levels avx2,avx512 --threads 2 --out docs/numerics-spread.md
 """
 import argparse
 import json
@@ -62,18 +62,22 @@ def table(results: dict, settings: list[str]) -> str:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, help="write the table (markdown) there")
-    parser.add_argument("--threads", type=int, nargs="+", default=list(THREADS))
-    parser.add_argument("--levels", nargs="+", default=list(LEVELS))
+    parser.add_argument("--threads", default=",".join(map(str, THREADS)), help="thread counts, e.g. 1,2")
+    parser.add_argument("--levels", default=",".join(LEVELS), help="kernel levels, e.g. default,avx2,avx512")
+    parser.add_argument("--records", type=Path, help="keep each setting's raw records (JSON lines) in this folder")
     args, pytest_args = parser.parse_known_args(argv)
     pytest_args = pytest_args or ["-m", "numerics"]
     results: dict = defaultdict(dict)
     settings, failed = [], []
     with tempfile.TemporaryDirectory() as scratch:
-        for level in args.levels:
+        folder = args.records or Path(scratch)
+        folder.mkdir(parents=True, exist_ok=True)
+        for level in args.levels.split(","):
             actual = capability_under(level)
-            for threads in args.threads:
+            for threads in map(int, args.threads.split(",")):
                 setting = f"{level} ({actual}), {threads}t"
-                record = Path(scratch) / f"{level}-{threads}.jsonl"
+                record = folder / f"{level}-{threads}.jsonl"
+                record.unlink(missing_ok=True)
                 if run_setting(level, threads, pytest_args, record) != 0:
                     failed.append(setting)
                 settings.append(setting)

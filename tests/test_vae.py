@@ -47,7 +47,11 @@ def test_tensor_names_equal_diffusers_at_full_size():
 @pytest.mark.parametrize("executor", ["cpu", "modules"])
 def test_single_tile_equals_diffusers(vaes, executor, monkeypatch):
     """The decoder through the channels-last CPU executor (what fp32 on CPU runs) and through the
-    plain modules (GPUs, bf16/fp16); a batch of two decodes each sample alike."""
+    plain modules (GPUs, bf16/fp16); a batch of two decodes each sample alike.
+
+    Spread (max relative error; ATEN_CPU_CAPABILITY default/avx2/avx512 × 1/2 threads): decode 5.3e-6 to
+    1.1e-5 — the random-weight decoder amplifies float32 reordering — so the bound is 5e-5; encode 5.4e-7 to
+    1.0e-6, bound 1e-5."""
     reference, ours = vaes
     if executor == "modules":
         monkeypatch.setattr(vae_cpu, "supported", lambda x: False)
@@ -55,7 +59,7 @@ def test_single_tile_equals_diffusers(vaes, executor, monkeypatch):
     latent, video = torch.randn(2, 4, 6, 30, 30), torch.rand(1, 3, 24, 240, 240) * 2 - 1
     with torch.no_grad():
         expected = reference.decoder(ours.prepare_latent(latent))
-        assert_relative(ours.decode_tile(ours.prepare_latent(latent)), expected, 1e-5, "decode")
+        assert_relative(ours.decode_tile(ours.prepare_latent(latent)), expected, 5e-5, "decode")
         assert_relative(ours.encode_moments(video), reference.encoder(video), 1e-5, "encode")
 
 
@@ -91,14 +95,15 @@ def test_cpu_group_norm_is_as_accurate_as_pytorchs(per_frame, edges, mean):
 @pytest.mark.slow
 def test_tiled_decode_and_encode_equal_diffusers_where_its_grid_is_complete(vaes):
     """40 x 360 x 400 pixels: 2 x 2 x 2 tiles (strides 16 / 120 / 160 px), all inside diffusers' grid — the
-    smallest complete grid that blends an overlap on every axis."""
+    smallest complete grid that blends an overlap on every axis. Spread across CPU kernels and thread counts:
+    decode 7.0e-6 to 1.1e-5 (bound 5e-5), encode 5.3e-7 to 7.8e-7 (bound 1e-5)."""
     reference, ours = vaes
     torch.manual_seed(2)
     latent = torch.randn(1, 4, 10, 45, 50)
     with torch.no_grad():
         expected = reference.decode(latent).sample.permute(0, 2, 1, 3, 4)
         assert (expected != 0).float().mean() > 0.999                      # a real reference, no holes
-        assert_relative(tiled_decode(ours, latent), expected, 1e-5, "decode")
+        assert_relative(tiled_decode(ours, latent), expected, 5e-5, "decode")
         video = torch.rand(1, 3, 40, 360, 400) * 2 - 1
         assert_relative(tiled_encode(ours, video), reference.encode(video).latent_dist.mean, 1e-5, "encode")
 
