@@ -89,11 +89,17 @@ def read_list(path: Path) -> tuple[list, list]:
             raise ValueError(f"{path.name} is a .parquet list; reading it needs the pyarrow package, which this "
                              "ComfyUI's Python lacks: `pip install pyarrow`, or write the list as .jsonl (one JSON "
                              "object a line).") from None
-        return video_dataset.parse_records(pyarrow.parquet.read_table(path).to_pylist())
+        try:
+            records = pyarrow.parquet.read_table(path).to_pylist()
+        except (pyarrow.ArrowException, OSError) as error:
+            raise ValueError(f"{path.name} cannot be read as a .parquet table ({error}): write it again, or write the "
+                             "list as .jsonl (one JSON object a line).") from error
+        return video_dataset.parse_records(records)
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as error:
-        raise ValueError(f"{path.name} cannot be read as UTF-8 text ({error}).") from error
+        raise ValueError(f"{path.name} cannot be read as UTF-8 text ({error}): save the list as UTF-8 text, one JSON "
+                         "object a line.") from error
     return video_dataset.parse_jsonl(text)
 
 
@@ -275,6 +281,9 @@ class AllegroTrainingDataset(io.ComfyNode):
             logging.warning("Allegro Training Dataset %s: skipped %s", list_file, problem)
         text = summary(list_file, len(training_set), report)
         logging.info("Allegro Training Dataset %s", text)
+        if not report["rows"]:
+            raise ValueError(f"{list_file} has no rows: write one JSON object a line, each with the keys path, "
+                             "num_frames, height, width and cap.")
         if not training_set:
             named = summary(list_file, 0, report, SHOWN_IN_ERROR)
             raise ValueError(f"No usable clip in {list_file}.\n{named}\nFix or remove those rows, or loosen "

@@ -25,13 +25,21 @@ def is_clip(entry) -> bool:
             and isinstance(caption, tuple) and len(caption) == 2 and all(isinstance(t, torch.Tensor) for t in caption))
 
 
+def described(value) -> str:
+    """What a wrongly linked value is, in a few words (tensors by shape, not by their numbers)."""
+    if isinstance(value, torch.Tensor):
+        return f"a tensor of shape {list(value.shape)}"
+    if isinstance(value, dict) and isinstance(value.get("samples"), torch.Tensor):
+        return f"a LATENT of shape {list(value['samples'].shape)}"
+    return f"{type(value).__name__} {quote(value)}"
+
+
 def checked_set(node: str, name: str, value) -> list:
     """`value` if it is a training set (a list of clips); else ValueError saying what was linked instead.
     A custom type is not checked by ComfyUI when another node's "any" output is linked to it."""
     if isinstance(value, list) and all(is_clip(entry) for entry in value):
         return value
-    got = f"a tensor of shape {list(value.shape)}" if isinstance(value, torch.Tensor) else (
-        f"a {type(value).__name__} {quote(value)}")
+    got = described(value)
     raise ValueError(f"'{node}' got {got} as '{name}', not a training set: connect the training_set output of "
                      f"'Allegro Training Clip' or 'Allegro Training Dataset' to it.")
 

@@ -159,3 +159,11 @@ def test_the_live_server_keeps_answering_through_hostile_prompts(comfy, comfy_se
     good = hv.working_graph("AllegroVideo_Sampler", comfy.node_types["AllegroVideo_Sampler"])
     prompt_id = requests.post(url + "/prompt", data=json.dumps({"prompt": good}), timeout=60).json()["prompt_id"]
     assert comfy_server.wait(prompt_id, timeout=120)["status"]["status_str"] == "success"
+
+
+def test_every_wrong_kind_file_is_tried(comfy, fuzz_files):
+    """The draws above pick some of the wrong-kind files; here each one goes into each input that lists it."""
+    for node_id in NODE_IDS:
+        for name in hv.node_inputs(comfy.node_types[node_id]):
+            for file_name in fuzz_files.get(name, []):
+                check_case(comfy, node_id, name, "widget", file_name)
