@@ -6,8 +6,7 @@ expected to do, in text-to-video and image-to-video. The one home of these expec
 A cell is "equal" (the result of the same combination without the features that must not change it:
 Multi-GPU, Block Swap, TorchCompileModel), "changes" (the features that should change it: a LoRA, a cache
 that skips work), "baseline" (the plain graph the others compare with), "refused: <what the message says>"
-(before sampling; "refused during step 1: …" where the refusal comes only once the first step ran), or
-"known failure: <why>" (a bug, shown rather than hidden)."""
+(before sampling; "refused during step 1: …" where the refusal comes only once the first step ran)."""
 from dataclasses import dataclass
 
 WEIGHTS = ("fp32", "fp8_scaled", "Q8_0", "Q4_K")
@@ -36,7 +35,7 @@ COMBINATIONS = (
     ("fp32", ("multigpu_seq2", "slg")),
 )
 
-# Cells that are not "equal"/"changes" as the features' kinds say: refusals and known failures, by
+# Cells that are not "equal"/"changes" as the features' kinds say: refusals, by
 # (weights, features, mode); None for the mode means both modes.
 EXCEPTIONS: dict[tuple[str, tuple[str, ...], str | None], str] = {
     # Known limitation: SkipLayerGuidanceDiT adds its block patch only to its own extra guidance call, so the

@@ -7,9 +7,10 @@ and the caches really skipped DiT passes), or is refused with the message the ta
 Besides the result: Block Swap really ran its streamed block on a fetched copy, Multi-GPU really ran both
 ranks, TorchCompileModel really traced the DiT.
 
-Measured (fp32 compute on this machine's kernels): Multi-GPU and Block Swap 0 (bit-identical) in every
-format; TorchCompileModel ≤ 2e-6; the smallest change a LoRA or cache made, 1e-2 of the norm."""
-import logging
+Measured (fp32 compute, this machine's AVX-512 kernels, 1 thread): Multi-GPU, Block Swap and the triples 0
+(bit-identical) in every format and mode; TorchCompileModel 3.0e-6 (max relative). Changes (norm): both LoRA
+loaders 5.7e-2 to 8.9e-2 (equal to each other), EasyCache 7.2e-3 to 8.5e-3, LazyCache 1.1e-2 to 2.7e-1, the
+step cache 1.4e-4 (T2V: one of 3 steps skipped late) to 3.3e-3 (TI2V)."""
 import os
 import sys
 
@@ -26,9 +27,10 @@ pytestmark = pytest.mark.slow
 STEPS = 3
 EQUAL_BOUND = 1e-5                  # multi-GPU and block swap, the multi-GPU tests' bound
 COMPILED_BOUND = 1e-4               # inductor's reordered sums, as tests/test_core_patches.py
-# A LoRA or a cache moves the result by more than this (norm): 10x what the paths that must not change it
-# may differ by; a cache's skipped step reuses the last step's residual, a small change over 3 steps.
-CHANGE_BOUND = 1e-4
+# A LoRA or a cache moves the result by more than the paths that must not change it may differ by, so no
+# result passes as both; the caches' skipped passes are counted besides (a skipped step of 3 reuses the last
+# step's residual: the smallest change measured, 1.4e-4).
+CHANGE_BOUND = EQUAL_BOUND
 LORA = "feature_matrix_lora.safetensors"
 IMAGE = "feature_matrix_first.png"
 
@@ -149,7 +151,7 @@ def write_lora(base_dir) -> None:
 
 
 @pytest.mark.parametrize("cell", cells(), ids=lambda cell: cell.id)
-def test_cell(matrix, cell, caplog):
+def test_cell(matrix, cell):
     expect = cell.expect
     if expect.startswith("refused"):
         # Refused before sampling: no DiT block ran; during step 1: the step's first DiT pass ran.
@@ -161,13 +163,10 @@ def test_cell(matrix, cell, caplog):
         return
     if cell.opt_in and os.environ.get(ALL_COMPILES_ENV) != "1":
         pytest.skip(f"a long compile: set {ALL_COMPILES_ENV}=1 to run it")
-    if expect.startswith("known failure: "):
-        pytest.xfail(expect)
     if "compile" in cell.features:
         torch._dynamo.reset()
         torch._dynamo.utils.counters.clear()
-    with caplog.at_level(logging.INFO):
-        latent = matrix.latent(cell)
+    latent = matrix.latent(cell)
     passes = matrix.block_passes
     assert torch.isfinite(latent).all()
     if expect == "baseline":
@@ -192,4 +191,5 @@ def test_cell(matrix, cell, caplog):
     if {"multigpu_seq2", "multigpu_cfg2"} & set(cell.features):
         group = package_module(".nodes.parallel", "AllegroMultiGPU")._group
         assert group.alive() and group.layout.world == 2
+        assert group.layout.cfg == (2 if "multigpu_cfg2" in cell.features else 1)
         assert group.last_reports == [(0, 2), (0, 2)]          # both ranks ran both blocks of the last call
