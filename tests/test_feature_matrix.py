@@ -8,7 +8,7 @@ Besides the result: Block Swap really ran its streamed block on a fetched copy, 
 ranks, TorchCompileModel really traced the DiT.
 
 Measured (fp32 compute, this machine's AVX-512 kernels, 1 thread): Multi-GPU, Block Swap and the triples 0
-(bit-identical) in every format and mode; TorchCompileModel 3.0e-6 (max relative). Changes (norm): both LoRA
+(bit-identical) in every format and mode; TorchCompileModel 1.9e-6 to 3.0e-6 (max relative, all 8 cells). Changes (norm): both LoRA
 loaders 5.7e-2 to 8.9e-2 (equal to each other), EasyCache 7.2e-3 to 8.5e-3, LazyCache 1.1e-2 to 2.7e-1, the
 step cache 1.4e-4 (T2V: one of 3 steps skipped late) to 3.3e-3 (TI2V)."""
 import os
