@@ -74,7 +74,7 @@ def quantized_models(base_dir):
     from allegro_devtools.random_models import write_quantizable
     from scripts.convert_weights import convert
     sources = write_quantizable(base_dir / "models")
-    plan = {"t2v": ("Q8_0", "Q6_K", "Q5_K", "Q4_K", "fp8_scaled"), "ti2v": ("Q4_K", "fp8_scaled")}
+    plan = {"t2v": ("Q8_0", "Q6_K", "Q5_K", "Q4_K", "fp8_scaled"), "ti2v": ("Q8_0", "Q4_K", "fp8_scaled")}
     names = {}
     for kind, formats in plan.items():
         names[kind] = {"fp32": sources[kind].name}
