@@ -58,8 +58,8 @@ async def register_replacements() -> int:
         return 0
     try:
         for old, new in FORMER_NODE_IDS.items():
-            # No input mapping: the front-end then maps inputs and widget values by name, which is exact
-            # here (same inputs, same order).
+            # No input mapping: the front-end then maps links and widget values by the new node's names,
+            # which is exact here (the new nodes keep 0.1's inputs in 0.1's order and add only after them).
             await registry.register(replace(new_node_id=new, old_node_id=old))
     except Exception as error:         # a registry that changed shape must not cost the nodes
         logging.warning("ComfyUI-Allegro: could not register the 0.1 node ids for replacement (%s: %s); "
