@@ -110,12 +110,15 @@ def test_models_use_the_core_patcher_class_and_load_weights_for_it(comfy, tiny_m
     factory, args = model.cached_patcher_init
     assert type(factory(*args, disable_dynamic=True)) is plain
     # Dynamic patchers get the weights assigned (no copy); the model computes as a plainly loaded one.
+    # The weights are equal, but in other memory, where CPU kernels may sum in another order: measured
+    # max |difference| 0 on ComfyUI 0.3.75 and 0.8.0, 2.9e-6 at max |output| 11 (2.6e-7 of it) on 0.33.0.
     x, context = torch.randn(1, 4, 2, 8, 8), torch.randn(1, 16, 32)
     monkeypatch.undo()
     reference = load_model(comfy)
     with torch.no_grad():
         expected = reference.model.apply_model(x, torch.tensor([5.0]), c_crossattn=context)
-        assert torch.equal(model.model.apply_model(x, torch.tensor([5.0]), c_crossattn=context), expected)
+        got = model.model.apply_model(x, torch.tensor([5.0]), c_crossattn=context)
+    assert (got - expected).abs().max() <= 1e-5 * expected.abs().max()
 
 
 def test_dynamic_patchers_keep_the_state_dicts_tensors(comfy, tiny_models):
