@@ -38,8 +38,11 @@ def tiny_xxl_file(base_dir, tiny_models, comfy):
     weights = {}
     for shard in sorted(folder.glob("model-*.safetensors")):
         weights.update(load_file(shard))
-    assert "encoder.final_layer_norm.weight" in weights            # ComfyUI takes the T5 dtype (fp32) from it
-    weights[XXL_MARKER] = xxl_marker()
+    # fp16, as t5xxl_fp16.safetensors: ComfyUI 0.33 keeps the T5 in the dtype of the file's
+    # encoder.final_layer_norm.weight, 0.3.75 in its text-encoder dtype, fp16 on CPU too.
+    weights = {name: tensor.half() for name, tensor in weights.items()}
+    assert "encoder.final_layer_norm.weight" in weights
+    weights[XXL_MARKER] = xxl_marker().half()
     save_file(weights, base_dir / "models" / "text_encoders" / FILE)
     return json.loads((folder / "config.json").read_text())
 
