@@ -68,8 +68,9 @@ find_tarball() {  # version
   local version=$1 override="COMFYUI_${1//./}_TARBALL" candidate
   for candidate in "${!override:-}" "$ROOT/../shared/comfyui/ComfyUI-$version.tar.gz" \
                    "$ROOT/shared/comfyui/ComfyUI-$version.tar.gz"; do
-    [ -n "$candidate" ] && [ -f "$candidate" ] && { echo "$candidate"; return; }
+    if [ -n "$candidate" ] && [ -f "$candidate" ]; then echo "$candidate"; return; fi
   done
+  return 0                       # none: an empty answer (a failing status would end the script here)
 }
 
 # What a newer ComfyUI needs beyond its requirements.txt (torch lines dropped): 0.33.0 imports torchaudio
