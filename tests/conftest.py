@@ -28,6 +28,17 @@ def pytest_collection_modifyitems(items):
 TEST_OUTPUT = Path(os.environ.get("ALLEGRO_TEST_OUTPUT", REPO_ROOT / "test-output"))
 
 
+# Fixtures that run ComfyUI: their tests, and those marked `server`, get the `comfyui` marker, which
+# scripts/test.sh selects on runtimes that run only the integration tests.
+COMFYUI_FIXTURES = {"comfy", "comfy_server"}
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if item.get_closest_marker("server") or COMFYUI_FIXTURES & set(item.fixturenames):
+            item.add_marker(pytest.mark.comfyui)
+
+
 @pytest.fixture(scope="session")
 def test_output() -> Path:
     TEST_OUTPUT.mkdir(parents=True, exist_ok=True)
