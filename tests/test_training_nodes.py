@@ -74,8 +74,12 @@ def test_core_train_lora_after_sampling(comfy, base_dir, kind):
         inputs = core_inputs(comfy, "TrainLoraNode", steps=3, rank=2, training_dtype="fp32", lora_dtype="fp32",
                              learning_rate=1e-3)
         inputs = {name: [value] for name, value in inputs.items()}
-        trained, lora, loss_map, steps = comfy.call("TrainLoraNode", **{**inputs, "model": [model], "latents": latents,
-                                                                       "positive": [positive]})
+        outputs = comfy.call("TrainLoraNode", **{**inputs, "model": [model], "latents": latents, "positive": [positive]})
+        if len(outputs) == 4:
+            trained, lora, loss_map, steps = outputs
+        else:                   # newer ComfyUI returns the LoRA alone: core 'Load LoRA Model' applies it
+            lora, loss_map, steps = outputs
+            trained = comfy.call("LoraModelLoader", model=model, lora=lora, strength_model=1.0)[0]
         losses = loss_map["loss"]
         assert len(losses) == 3 and all(torch.isfinite(torch.tensor(losses)))
         comfy.node_types["SaveLoRA"].execute(lora=lora, prefix=f"loras/core_{kind}", steps=steps)   # no outputs
