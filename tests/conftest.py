@@ -18,12 +18,6 @@ NUMERICS_MODULES = {
 }
 
 
-def pytest_collection_modifyitems(items):
-    for item in items:
-        if item.module is not None and item.module.__name__.rsplit(".", 1)[-1] in NUMERICS_MODULES:
-            item.add_marker(pytest.mark.numerics)
-
-
 # Figures, screenshots and videos the tests make, kept for a person to look at.
 TEST_OUTPUT = Path(os.environ.get("ALLEGRO_TEST_OUTPUT", REPO_ROOT / "test-output"))
 
@@ -34,7 +28,10 @@ COMFYUI_FIXTURES = {"comfy", "comfy_server"}
 
 
 def pytest_collection_modifyitems(items):
+    """The markers that say what a test is (numerics, comfyui), set here so each has one rule."""
     for item in items:
+        if item.module is not None and item.module.__name__.rsplit(".", 1)[-1] in NUMERICS_MODULES:
+            item.add_marker(pytest.mark.numerics)
         if item.get_closest_marker("server") or COMFYUI_FIXTURES & set(item.fixturenames):
             item.add_marker(pytest.mark.comfyui)
 

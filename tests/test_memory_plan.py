@@ -59,7 +59,7 @@ def test_activation_factor_is_what_the_profiler_measures_in_a_block():
     bias[..., 100:] = -10000.0
     rope = RotaryEmbedding3D(config.attention_head_dim, grid, (2.2, 2.0, 2.0))
     with torch.no_grad(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as profiler:
-        block(x, context, modulation, bias, rope, sdpa_attention)
+        block(x, context, modulation, bias, rope, sdpa_attention, sdpa_attention)
     events = sorted((e for e in profiler.events() if e.self_cpu_memory_usage), key=lambda e: e.time_range.start)
     current = peak = 0
     for event in events:
