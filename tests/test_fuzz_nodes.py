@@ -49,7 +49,7 @@ NODE_IDS = ["AllegroVideo_ModelLoader", "AllegroVideo_VAELoader", "AllegroVideo_
             "AllegroVideo_EmptyLatentVideo", "AllegroVideo_Sampler", "AllegroVideo_VAEDecode", "AllegroVideo_VAEEncode",
             "AllegroVideo_TI2VConditioning", "AllegroVideo_StepCache", "AllegroVideo_LoraLoader",
             "AllegroVideo_TI2VKeyframes", "AllegroVideo_TI2VContinue", "AllegroVideo_JoinClips",
-            "AllegroVideo_MultiGPU", "AllegroVideo_BlockSwap"]
+            "AllegroVideo_MultiGPU", "AllegroVideo_BlockSwap", "AllegroVideo_PAB"]
 
 
 def test_the_fuzzed_nodes_are_every_node_and_each_runs_with_good_inputs(comfy, fuzz_files):
