@@ -39,8 +39,8 @@ def ours_run(model, pab, latents, context, mask):
 def test_pab_equals_diffusers_at_every_call_t2v_and_zeroed_ti2v():
     """TI2V against diffusers: diffusers has no TI2V, so the TI2V model with zeroed branches (which equals T2V,
     test_transformer) runs with PAB against diffusers' T2V with PAB. Measured max relative difference over the
-    8 calls: 0 (T2V) and 0 (TI2V zeroed) on one 2-core CPU, 1 thread; bound 1e-5 (the transformer's parity
-    bound, as other kernels may order sums differently). PAB itself moves the result by 1.3e-2 and 1.8e-2
+    8 calls: 0 (T2V) and 0 (TI2V zeroed) under ATEN_CPU_CAPABILITY default, avx2 and avx512, 1 and 2 threads;
+    bound 1e-5 (the transformer's parity bound, should other kernels order sums differently). PAB itself moves the result by 1.3e-2 and 1.8e-2
     (norm-relative) at calls that reuse self-attentions, 6.9e-4 to 2.4e-3 where only cross-attentions."""
     reference = reference_model()
     t2v, _ = ours_from(reference)
@@ -89,7 +89,8 @@ def test_pab_equals_diffusers_at_every_call_t2v_and_zeroed_ti2v():
 def test_pab_on_ti2v_reuses_exactly_the_previous_self_attention():
     """TI2V with non-zero branches has no diffusers counterpart: the expectation is built by hand, by
     recording each block's self-attention output at call 0 and putting it back at call 1.
-    Measured max relative difference: 0 (the same ops on the same tensors) on one 2-core CPU; bound 1e-6.
+    Measured max relative difference: 0 (the same ops on the same tensors) under default, avx2 and avx512
+    kernels, 1 and 2 threads; bound 1e-6.
     PAB moves call 1 by 8.5e-3 (norm-relative)."""
     from allegro.dit_wrappers import DiTWrapper
 
