@@ -4,6 +4,7 @@ ComfyUI keeps global state (its argument namespace, folder_paths, the node regis
 runtime serves a whole pytest session: `InProcessComfy.boot(base_dir)` once, then `run(prompt)`.
 """
 import asyncio
+import inspect
 import sys
 import uuid
 from dataclasses import dataclass, field
@@ -84,8 +85,14 @@ class InProcessComfy:
         self.server = _ServerStub()
         self.progress = []
         comfy.utils.set_progress_bar_global_hook(self._progress_hook)
-        self.executor = execution.PromptExecutor(self.server, cache_type=execution.CacheType.CLASSIC,
-                                                 cache_args={"lru": 0, "ram": 0})
+        self.executor = self.new_executor(execution.CacheType.CLASSIC)
+
+    def new_executor(self, cache_type):
+        """A PromptExecutor with main.py's cache settings turned off. The keys are those main.py passes
+        (0.33 added "ram_inactive", which its executor reads unconditionally); versions ignore keys they
+        do not read."""
+        return self.execution.PromptExecutor(self.server, cache_type=cache_type,
+                                             cache_args={"lru": 0, "ram": 0, "ram_inactive": 0})
 
     def _progress_hook(self, value, total, preview_image, prompt_id=None, node_id=None):
         # As main.py's hook: every progress update is also a chance to stop.
@@ -153,13 +160,19 @@ class InProcessComfy:
         events = [event for event, _ in self.server.messages]
         status = ("success" if "execution_success" in events
                   else "interrupted" if "execution_interrupted" in events else "error")
-        outputs = {}
-        for node_id in prompt:
-            entry = self.executor.caches.outputs.get(node_id)
-            if entry is not None:
-                outputs[node_id] = entry.outputs
-        return RunResult(status, outputs, self.executor.history_result.get("outputs", {}),
+        return RunResult(status, self._cached_outputs(prompt), self.executor.history_result.get("outputs", {}),
                          list(self.server.messages), list(self.progress))
+
+    def _cached_outputs(self, node_ids) -> dict:
+        """Node id -> outputs, read from the executor's output cache (whose `get` became a coroutine in
+        later ComfyUI: awaited when it is one)."""
+        async def read():
+            entries = {}
+            for node_id in node_ids:
+                entry = self.executor.caches.outputs.get(node_id)
+                entries[node_id] = await entry if inspect.isawaitable(entry) else entry
+            return entries
+        return {node_id: entry.outputs for node_id, entry in asyncio.run(read()).items() if entry is not None}
 
     def interrupt(self):
         self.nodes.interrupt_processing(True)

@@ -29,7 +29,7 @@ class ComfyServer:
         self.extra_args = list(extra_args) + (["--cpu"] if cpu else [])
         self.process = None
 
-    def start(self, timeout=180):
+    def start(self, timeout=180, tries=3):
         cmd = [sys.executable, "main.py", "--listen", "127.0.0.1", "--port", str(self.port),
                "--base-directory", str(self.base_dir), "--disable-auto-launch", *self.extra_args]
         self._log = open(self.log_path, "ab")
@@ -38,6 +38,13 @@ class ComfyServer:
         deadline = time.time() + timeout
         while time.time() < deadline:
             if self.process.poll() is not None:
+                if tries > 1 and "address already in use" in self.log_tail().lower():
+                    # Another process (a test run beside this one) took the port between free_port() and
+                    # the server's bind: take another.
+                    self._log.close()
+                    self.port = free_port()
+                    self.url = f"http://127.0.0.1:{self.port}"
+                    return self.start(timeout, tries - 1)
                 raise RuntimeError(f"ComfyUI exited with {self.process.returncode}:\n{self.log_tail()}")
             try:
                 if requests.get(self.url + "/system_stats", timeout=2).ok:

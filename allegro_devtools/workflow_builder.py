@@ -5,8 +5,8 @@ scripts/build_workflows.py describes the shipped workflows with it."""
 import tempfile
 from dataclasses import dataclass, field
 
-from .workflow_api import extension_widgets
-from .workflow_check import THIRD_PARTY_DEFS, VHS_VIDEO_COMBINE, widget_spec
+from .workflow_api import default_value, extension_widgets, is_widget, widget_spec
+from .workflow_check import THIRD_PARTY_DEFS, VHS_VIDEO_COMBINE
 
 
 @dataclass
@@ -21,23 +21,10 @@ class Node:
     text: str | None = None                          # Note nodes
 
 
-def default_value(spec: list):
-    kind, choices, options = widget_spec(spec)
-    if "default" in options:
-        return options["default"]
-    if kind == "COMBO":
-        return choices[0] if choices else ""
-    return {"INT": 0, "FLOAT": 0.0, "STRING": "", "BOOLEAN": False}[kind]
-
-
 def ordered_inputs(info: dict) -> list[tuple[str, list]]:
     order = info.get("input_order") or {s: list(info["input"].get(s, {})) for s in ("required", "optional")}
     return [(name, info["input"][section][name]) for section in ("required", "optional")
             for name in order.get(section, [])]
-
-
-def is_widget(spec: list) -> bool:
-    return widget_spec(spec)[0] in ("COMBO", "INT", "FLOAT", "STRING", "BOOLEAN")
 
 
 def added_widgets(node: Node, info: dict) -> list[tuple[str, list]]:

@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 
 from .runtime import REPO_ROOT
-from .workflow_api import input_specs, workflow_to_prompt
+from .workflow_api import input_specs, widget_spec, workflow_to_prompt
 
 WORKFLOW_DIR = REPO_ROOT / "workflows"
 PACKAGE_MODULE = "custom_nodes.ComfyUI-Allegro"     # python_module of this package's nodes in /object_info
@@ -126,6 +126,15 @@ def write_tiny_training_list(input_dir: Path) -> str:
     return TINY_TRAINING_LIST
 
 
+def oldest_comfyui() -> str:
+    """The oldest ComfyUI the package (and so every shipped workflow: its core nodes are all in that
+    release) needs: pyproject.toml's [tool.comfy] requires-comfyui, ">=X.Y.Z"."""
+    import tomllib
+    from .runtime import REPO_ROOT
+    requirement = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text(encoding="utf-8"))["tool"]["comfy"]["requires-comfyui"]
+    return requirement.removeprefix(">=")
+
+
 def workflow_paths() -> list[Path]:
     return sorted(WORKFLOW_DIR.glob("*.json"))
 
@@ -162,21 +171,11 @@ def all_definitions(object_info: dict) -> dict:
     return {**THIRD_PARTY_DEFS, **object_info}
 
 
-def widget_spec(spec: list) -> tuple[str, list | None, dict]:
-    """(kind, choices or None, options) of an /object_info input, V1 ([choices], {...}) or V3 ("COMBO", {options})."""
-    options = spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {}
-    if isinstance(spec[0], list):
-        return "COMBO", spec[0], options
-    if spec[0] == "COMBO":
-        return "COMBO", options.get("options", []), options
-    return spec[0], None, options
-
-
 def widget_problems(workflow: dict, object_info: dict) -> list[str]:
     """Every saved widget value that the node's definition would refuse (a front-end extension's widgets too),
     and every widget without a value."""
     definitions = all_definitions(object_info)
-    prompt = workflow_to_prompt(workflow, definitions)
+    prompt = workflow_to_prompt(workflow, definitions, saved_only=True)
     problems = []
     for node_id, node in prompt.items():
         kind_of_node = node["class_type"]

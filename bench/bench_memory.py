@@ -60,8 +60,7 @@ def child(args):
     runtime = common.boot_comfy(Path(args.out_dir))
     mm, execution = runtime.model_management, runtime.execution
     if args.child == "cache-none":
-        runtime.executor = execution.PromptExecutor(runtime.server, cache_type=execution.CacheType.NONE,
-                                                    cache_args={"lru": 0, "ram": 0})
+        runtime.executor = runtime.new_executor(execution.CacheType.NONE)
     stages, running, unloaded = [], {"node": None}, []
     send = runtime.server.send_sync
 

@@ -160,6 +160,7 @@ class AllegroPeRFlowSampler(io.ComfyNode):
     def execute(cls, steps, windows, prediction_type) -> io.NodeOutput:
         steps = checks.whole_number(NODE, "steps", steps, 1, NUM_TRAIN_TIMESTEPS)
         windows = checks.whole_number(NODE, "windows", windows, 1, NUM_TRAIN_TIMESTEPS)
+        prediction_type = checks.choice(NODE, "prediction_type", prediction_type, list(PREDICTION_TYPES))
         config = PeRFlowConfig(num_windows=windows, prediction_type=prediction_type)
         timesteps = perflow_timesteps(steps, config).to(torch.float32)
         sigmas = torch.cat([timesteps, timesteps.new_zeros(1)])

@@ -16,10 +16,16 @@ import comfy.utils
 from comfy.weight_adapter import adapter_maps, adapters
 
 from ..allegro import training
+from ..allegro.checkpoints import read_safetensors
 from ..allegro.geometry import decoded_frames
 from ..allegro.ti2v import frame_mask
-from . import sources
-from .training_set import CATEGORY, TRAINING_SET, caption_of
+from . import checks, sources
+from .training_set import CATEGORY, TRAINING_SET, caption_of, checked_set
+
+NODE = "Allegro Train LoRA"
+MAX_STEPS, MAX_RANK = 100000, 256
+MIN_LEARNING_RATE, MAX_LEARNING_RATE, MAX_SNR_GAMMA = 1e-7, 1.0, 100.0
+MAX_SEED = 0xFFFFFFFFFFFFFFFF
 
 LORA_FOLDER = "loras"
 NO_LORA = "[None]"
@@ -32,7 +38,7 @@ def attach_adapters(patcher, existing: dict, algorithm: str, rank: int, dtype) -
     """Trainable adapters on every 2-D+ weight of the DiT, as weight wrappers of `patcher`; an adapter
     is resumed from `existing` (a LoRA state dict in ComfyUI's format) where it names the module.
     Returns ({saved name: parameter}, adapters)."""
-    parameters, attached = {}, []
+    parameters, attached, resumed_count = {}, [], 0
     for name, module in patcher.model.named_modules():
         weight = getattr(module, "weight", None)
         if not hasattr(module, "weight_function") or weight is None or weight.ndim < 2:
@@ -42,6 +48,8 @@ def attach_adapters(patcher, existing: dict, algorithm: str, rank: int, dtype) -
         alpha = float(existing.get(f"{name}.alpha", 1.0))
         resumed = next((found for found in (cls.load(name, existing, alpha, existing.get(f"{name}.dora_scale"))
                                             for cls in adapters) if found is not None), None)
+        if resumed is not None:
+            resumed_count += 1
         adapter = (resumed.to_train() if resumed is not None
                    else adapter_maps[algorithm].create_train(weight, rank=rank, alpha=1.0))
         adapter = adapter.to(dtype).train().requires_grad_(True)
@@ -51,6 +59,9 @@ def attach_adapters(patcher, existing: dict, algorithm: str, rank: int, dtype) -
             parameters[f"{name}.{parameter_name}"] = parameter
         patcher.add_weight_wrapper(f"{name}.weight", adapter)
         attached.append(adapter)
+    if existing and not resumed_count:
+        raise ValueError("existing_lora holds no LoRA weights for this model's layers (is it a LoRA of another model, "
+                         "or not a LoRA at all?): pick a LoRA trained on this Allegro model, or [None].")
     return parameters, attached
 
 
@@ -117,8 +128,7 @@ def train(model, training_set: list, settings: dict, vae=None, empty_caption=Non
     """(patched MODEL clone, {name: LoRA tensor}, [loss per step])."""
     existing = {}
     if settings["existing_lora"] != NO_LORA:
-        existing = comfy.utils.load_torch_file(str(sources.resolve(settings["existing_lora"], LORA_FOLDER)),
-                                               safe_load=True)
+        existing, _ = read_safetensors(sources.resolve(settings["existing_lora"], LORA_FOLDER))
     with torch.inference_mode(False):
         patcher = model.clone()
         parameters, attached = attach_adapters(patcher, existing, settings["algorithm"], settings["rank"],
@@ -169,13 +179,13 @@ class AllegroTrainLoRA(io.ComfyNode):
             inputs=[
                 io.Model.Input("model", tooltip="The Allegro or Allegro-TI2V model to train on."),
                 TRAINING_SET.Input("training_set", tooltip="Clips from 'Allegro Training Clip'."),
-                io.Int.Input("steps", default=200, min=1, max=100000, tooltip="Optimizer steps, one clip each."),
-                io.Float.Input("learning_rate", default=1e-4, min=1e-7, max=1.0, step=1e-6,
+                io.Int.Input("steps", default=200, min=1, max=MAX_STEPS, tooltip="Optimizer steps, one clip each."),
+                io.Float.Input("learning_rate", default=1e-4, min=MIN_LEARNING_RATE, max=MAX_LEARNING_RATE, step=1e-6,
                                tooltip="AdamW learning rate (the seed's default 1e-4)."),
-                io.Int.Input("rank", default=16, min=1, max=256, tooltip="Rank of new adapters."),
+                io.Int.Input("rank", default=16, min=1, max=MAX_RANK, tooltip="Rank of new adapters."),
                 io.Combo.Input("algorithm", options=list(adapter_maps), default=list(adapter_maps)[0],
                                tooltip="ComfyUI's adapter kind for new adapters (as core 'Train LoRA')."),
-                io.Float.Input("snr_gamma", default=training.DEFAULT_SNR_GAMMA, min=0.0, max=100.0, step=0.1,
+                io.Float.Input("snr_gamma", default=training.DEFAULT_SNR_GAMMA, min=0.0, max=MAX_SNR_GAMMA, step=0.1,
                                tooltip="Min-SNR loss weighting gamma (the seed's 5.0); 0 turns it off (plain MSE)."),
                 io.Float.Input("caption_dropout", default=training.DEFAULT_CAPTION_DROPOUT, min=0.0, max=1.0,
                                step=0.01, tooltip="How often a caption is replaced by the empty prompt (the seed's "
@@ -189,7 +199,7 @@ class AllegroTrainLoRA(io.ComfyNode):
                 io.Combo.Input("existing_lora", options=sources.file_choices(LORA_FOLDER) + [NO_LORA],
                                default=NO_LORA, tooltip="Resume training this LoRA (ComfyUI format, e.g. one "
                                                         "saved by 'Save LoRA Weights'), or [None] for a new one."),
-                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF,
+                io.Int.Input("seed", default=0, min=0, max=MAX_SEED,
                              tooltip="Seeds adapter initialisation, noise, timesteps, clip order and masks."),
                 io.Combo.Input("lora_dtype", options=list(DTYPES), default="fp32", tooltip="The adapters' dtype."),
                 io.Conditioning.Input("empty_caption", optional=True,
@@ -216,8 +226,19 @@ class AllegroTrainLoRA(io.ComfyNode):
     def execute(cls, model, training_set, steps, learning_rate, rank, algorithm, snr_gamma, caption_dropout,
                 ti2v_masks, gradient_checkpointing, existing_lora, seed, lora_dtype, empty_caption=None,
                 vae=None) -> io.NodeOutput:
-        if not training_set:
+        if not checked_set(NODE, "training_set", training_set):
             raise ValueError("The training set is empty: add clips with 'Allegro Training Clip'.")
+        steps = checks.whole_number(NODE, "steps", steps, 1, MAX_STEPS)
+        learning_rate = checks.finite_number(NODE, "learning_rate", learning_rate, MIN_LEARNING_RATE, MAX_LEARNING_RATE)
+        rank = checks.whole_number(NODE, "rank", rank, 1, MAX_RANK)
+        snr_gamma = checks.finite_number(NODE, "snr_gamma", snr_gamma, 0.0, MAX_SNR_GAMMA)
+        caption_dropout = checks.finite_number(NODE, "caption_dropout", caption_dropout, 0.0, 1.0)
+        seed = checks.whole_number(NODE, "seed", seed, 0, MAX_SEED)
+        algorithm = checks.choice(NODE, "algorithm", algorithm, list(adapter_maps))
+        ti2v_masks = checks.choice(NODE, "ti2v_masks", ti2v_masks, list(MASK_CHOICES))
+        lora_dtype = checks.choice(NODE, "lora_dtype", lora_dtype, list(DTYPES))
+        if existing_lora != NO_LORA:
+            existing_lora = checks.choice(NODE, "existing_lora", existing_lora, sources.file_choices(LORA_FOLDER))
         if caption_dropout > 0 and empty_caption is None:
             raise ValueError(f"caption_dropout is {caption_dropout:g} but 'empty_caption' is not connected: connect "
                              "'Allegro Text Encode' with an empty prompt, or set caption_dropout to 0.")

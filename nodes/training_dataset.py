@@ -29,7 +29,9 @@ import comfy.utils
 import folder_paths
 
 from ..allegro import confinement, video_dataset
+from ..allegro.quoting import quote
 from ..allegro.video_decode import VideoUnreadable, count_frames, read_frames
+from . import checks
 from .text_encode import encode_reporting
 from .training_set import CATEGORY, TRAINING_SET, caption_of, check_clip_shape, make_clip
 
@@ -38,6 +40,10 @@ CACHE_FOLDER = ".allegro_cache"
 SAMPLING_KEYS = ("num_frames", "sample_rate", "max_height", "max_width", "seed")   # what makes the cached clip
 SHOWN_PROBLEMS = 5                 # skipped rows named on the node (all of them go to the log)
 SHOWN_IN_ERROR = 20                # named in the error when no row is usable
+NODE = "Allegro Training Dataset"
+MAX_FRAMES, MAX_SAMPLE_RATE, MAX_SIDE = 1024, 64, 4096
+MAX_HW_THR, MAX_HW_ASPECT_THR = 4.0, 100.0
+MAX_SEED = 0xFFFFFFFFFFFFFFFF
 
 
 def input_root() -> Path:
@@ -63,6 +69,18 @@ def inside_input(relative: str, base: Path) -> Path | None:
     return path if confinement.is_inside(path, [input_root()]) else None
 
 
+def listed_file(list_file) -> Path | None:
+    """The list file a 'list_file' value names, if it is a .jsonl/.parquet file inside input/; else None
+    (also for text no file system takes as a name: too long, or not encodable)."""
+    if not isinstance(list_file, str):
+        return None
+    try:
+        path = inside_input(list_file, input_root())
+        return path if path is not None and path.suffix in LIST_SUFFIXES and path.is_file() else None
+    except (OSError, ValueError):
+        return None
+
+
 def read_list(path: Path) -> tuple[list, list]:
     if path.suffix == ".parquet":
         try:
@@ -71,11 +89,17 @@ def read_list(path: Path) -> tuple[list, list]:
             raise ValueError(f"{path.name} is a .parquet list; reading it needs the pyarrow package, which this "
                              "ComfyUI's Python lacks: `pip install pyarrow`, or write the list as .jsonl (one JSON "
                              "object a line).") from None
-        return video_dataset.parse_records(pyarrow.parquet.read_table(path).to_pylist())
+        try:
+            records = pyarrow.parquet.read_table(path).to_pylist()
+        except (pyarrow.ArrowException, OSError) as error:
+            raise ValueError(f"{path.name} cannot be read as a .parquet table ({error}): write it again, or write the "
+                             "list as .jsonl (one JSON object a line).") from error
+        return video_dataset.parse_records(records)
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as error:
-        raise ValueError(f"{path.name} cannot be read as UTF-8 text ({error}).") from error
+        raise ValueError(f"{path.name} cannot be read as UTF-8 text ({error}): save the list as UTF-8 text, one JSON "
+                         "object a line.") from error
     return video_dataset.parse_jsonl(text)
 
 
@@ -210,18 +234,18 @@ class AllegroTrainingDataset(io.ComfyNode):
                 io.Clip.Input("clip", tooltip="T5-XXL, as for 'Allegro Text Encode': encodes the captions (cleaned "
                                               "as the seed cleans them)."),
                 io.Vae.Input("vae", tooltip="The Allegro VAE: encodes each clip once (then cached)."),
-                io.Int.Input("num_frames", default=88, min=4, max=1024, step=4,
+                io.Int.Input("num_frames", default=88, min=4, max=MAX_FRAMES, step=4,
                              tooltip="Frames per clip (the seed's 88; a multiple of 4)."),
-                io.Int.Input("sample_rate", default=1, min=1, max=64,
+                io.Int.Input("sample_rate", default=1, min=1, max=MAX_SAMPLE_RATE,
                              tooltip="Take every sample_rate-th frame (the seed's default 1)."),
-                io.Int.Input("max_height", default=720, min=16, max=4096, step=16,
+                io.Int.Input("max_height", default=720, min=16, max=MAX_SIDE, step=16,
                              tooltip="Clip height: videos are centre-cropped to the aspect and resized."),
-                io.Int.Input("max_width", default=1280, min=16, max=4096, step=16, tooltip="Clip width."),
-                io.Float.Input("hw_thr", default=video_dataset.DEFAULT_HW_THR, min=0.0, max=4.0, step=0.05,
+                io.Int.Input("max_width", default=1280, min=16, max=MAX_SIDE, step=16, tooltip="Clip width."),
+                io.Float.Input("hw_thr", default=video_dataset.DEFAULT_HW_THR, min=0.0, max=MAX_HW_THR, step=0.05,
                                tooltip="Keep videos whose listed sides are at least this fraction of the clip's."),
-                io.Float.Input("hw_aspect_thr", default=video_dataset.DEFAULT_HW_ASPECT_THR, min=1.0, max=100.0,
+                io.Float.Input("hw_aspect_thr", default=video_dataset.DEFAULT_HW_ASPECT_THR, min=1.0, max=MAX_HW_ASPECT_THR,
                                step=0.1, tooltip="Keep videos whose aspect is within this factor of the clip's."),
-                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF,
+                io.Int.Input("seed", default=0, min=0, max=MAX_SEED,
                              tooltip="Picks where in each video the clip starts (part of the cache key)."),
             ],
             outputs=[TRAINING_SET.Output(display_name="training_set", tooltip="To 'Allegro Train LoRA'.")],
@@ -231,16 +255,24 @@ class AllegroTrainingDataset(io.ComfyNode):
     def validate_inputs(cls, list_file=None):
         if list_file is None or list_file in list_choices():
             return True
-        return (f"{list_file!r} is not a .jsonl or .parquet file under ComfyUI's input/ folder "
+        return (f"{quote(list_file)} is not a .jsonl or .parquet file under ComfyUI's input/ folder "
                 f"(found: {', '.join(list_choices()[:12]) or 'none'}).")
 
     @classmethod
     def execute(cls, list_file, clip, vae, num_frames, sample_rate, max_height, max_width, hw_thr, hw_aspect_thr,
                 seed) -> io.NodeOutput:
-        list_path = inside_input(str(list_file), input_root()) if isinstance(list_file, str) else None
-        if list_path is None or not list_path.is_file() or list_path.suffix not in LIST_SUFFIXES:
-            raise ValueError(f"{list_file!r} is not a .jsonl or .parquet file inside ComfyUI's input/ folder: put the "
-                             "list there (videos in the same folder or below) and pick it in 'list_file'.")
+        list_path = listed_file(list_file)
+        if list_path is None:
+            raise ValueError(f"'{NODE}' got list_file = {quote(list_file)}, which is not a .jsonl or .parquet file "
+                             "inside ComfyUI's input/ folder: put the list there (videos in the same folder or below) "
+                             "and pick it in 'list_file'.")
+        num_frames = checks.whole_number(NODE, "num_frames", num_frames, 4, MAX_FRAMES)
+        sample_rate = checks.whole_number(NODE, "sample_rate", sample_rate, 1, MAX_SAMPLE_RATE)
+        max_height, max_width = (checks.whole_number(NODE, name, value, 16, MAX_SIDE)
+                                 for name, value in (("max_height", max_height), ("max_width", max_width)))
+        hw_thr = checks.finite_number(NODE, "hw_thr", hw_thr, 0.0, MAX_HW_THR)
+        hw_aspect_thr = checks.finite_number(NODE, "hw_aspect_thr", hw_aspect_thr, 1.0, MAX_HW_ASPECT_THR)
+        seed = checks.whole_number(NODE, "seed", seed, 0, MAX_SEED)
         check_clip_shape(num_frames, max_height, max_width, vae)
         settings = {"num_frames": num_frames, "sample_rate": sample_rate, "max_height": max_height,
                     "max_width": max_width, "hw_thr": hw_thr, "hw_aspect_thr": hw_aspect_thr, "seed": seed}
@@ -249,6 +281,9 @@ class AllegroTrainingDataset(io.ComfyNode):
             logging.warning("Allegro Training Dataset %s: skipped %s", list_file, problem)
         text = summary(list_file, len(training_set), report)
         logging.info("Allegro Training Dataset %s", text)
+        if not report["rows"]:
+            raise ValueError(f"{list_file} has no rows: write one JSON object a line, each with the keys path, "
+                             "num_frames, height, width and cap.")
         if not training_set:
             named = summary(list_file, 0, report, SHOWN_IN_ERROR)
             raise ValueError(f"No usable clip in {list_file}.\n{named}\nFix or remove those rows, or loosen "

@@ -8,9 +8,40 @@ import torch
 from comfy_api.v0_0_2 import io
 
 from ..allegro.config import TEMPORAL_FACTOR
+from ..allegro.quoting import quote
+from . import checks
 
 CATEGORY = "Allegro/training"
+NODE = "Allegro Training Clip"
 TRAINING_SET = io.Custom("ALLEGRO_TRAINING_SET")
+
+
+def is_clip(entry) -> bool:
+    """An entry as make_clip (or 'Allegro Training Dataset') makes it."""
+    if not isinstance(entry, dict) or not all(isinstance(entry.get(key), torch.Tensor) for key in ("latent", "frames")):
+        return False
+    caption = entry.get("caption")
+    return (entry["latent"].ndim == 5 and entry["frames"].ndim == 4 and entry["frames"].dtype == torch.uint8
+            and isinstance(caption, tuple) and len(caption) == 2 and all(isinstance(t, torch.Tensor) for t in caption))
+
+
+def described(value) -> str:
+    """What a wrongly linked value is, in a few words (tensors by shape, not by their numbers)."""
+    if isinstance(value, torch.Tensor):
+        return f"a tensor of shape {list(value.shape)}"
+    if isinstance(value, dict) and isinstance(value.get("samples"), torch.Tensor):
+        return f"a LATENT of shape {list(value['samples'].shape)}"
+    return f"{type(value).__name__} {quote(value)}"
+
+
+def checked_set(node: str, name: str, value) -> list:
+    """`value` if it is a training set (a list of clips); else ValueError saying what was linked instead.
+    A custom type is not checked by ComfyUI when another node's "any" output is linked to it."""
+    if isinstance(value, list) and all(is_clip(entry) for entry in value):
+        return value
+    got = described(value)
+    raise ValueError(f"'{node}' got {got} as '{name}', not a training set: connect the training_set output of "
+                     f"'Allegro Training Clip' or 'Allegro Training Dataset' to it.")
 
 
 def caption_of(conditioning, name: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -28,9 +59,10 @@ def caption_of(conditioning, name: str) -> tuple[torch.Tensor, torch.Tensor]:
 def check_clip_shape(count: int, height: int, width: int, vae) -> None:
     """The frame count and size a training clip must have (the VAE's and the DiT's strides)."""
     if count % TEMPORAL_FACTOR:
+        fix = (f"trim it to {count - count % TEMPORAL_FACTOR} frames" if count > TEMPORAL_FACTOR else
+               f"give it at least {TEMPORAL_FACTOR} frames (an IMAGE batch of the clip's frames, not one image)")
         raise ValueError(f"The clip has {count} frames; Allegro's VAE groups {TEMPORAL_FACTOR} frames into one latent "
-                         f"frame, so training clips need a multiple of {TEMPORAL_FACTOR} (88 as trained): trim it to "
-                         f"{count - count % TEMPORAL_FACTOR} frames.")
+                         f"frame, so training clips need a multiple of {TEMPORAL_FACTOR} (88 as trained): {fix}.")
     factor = vae.config.spatial_factor * 2          # VAE downscale x the DiT's 2x2 patches
     if height % factor or width % factor:
         raise ValueError(f"The clip is {width}x{height}; width and height must be multiples of {factor} (VAE {factor // 2}"
@@ -43,8 +75,11 @@ def make_clip(frames: torch.Tensor, caption, vae) -> dict:
         raise ValueError(f"'frames' must be an IMAGE batch [frames, height, width, channels], got {list(frames.shape)}")
     check_clip_shape(*frames.shape[:3], vae)
     pixels = frames[..., :3].float()
+    if pixels.shape[-1] == 1:                       # grey: the VAE takes RGB
+        pixels = pixels.expand(*pixels.shape[:-1], 3)
     latent = vae.encode(pixels)
-    return {"latent": latent.cpu(), "frames": (pixels * 255).round().to(torch.uint8).cpu(), "caption": caption}
+    frames = (pixels.clamp(0, 1) * 255).round().to(torch.uint8)
+    return {"latent": latent.cpu(), "frames": frames.cpu(), "caption": caption}
 
 
 class AllegroTrainingClip(io.ComfyNode):
@@ -68,5 +103,10 @@ class AllegroTrainingClip(io.ComfyNode):
 
     @classmethod
     def execute(cls, frames, caption, vae, training_set=None) -> io.NodeOutput:
+        earlier = [] if training_set is None else checked_set(NODE, "training_set", training_set)
+        checks.image(NODE, "frames", frames, "video frames")
+        if not checks.is_finite(frames):
+            raise ValueError(f"'{NODE}' got frames with {checks.count_non_finite(frames)}: check the node that made "
+                             "them (a VAE decode of a broken latent?).")
         clip = make_clip(frames, caption_of(caption, "caption"), vae)
-        return io.NodeOutput(list(training_set or []) + [clip])
+        return io.NodeOutput(earlier + [clip])

@@ -11,7 +11,7 @@ import json
 
 from allegro_devtools.runtime import REPO_ROOT as REPO
 from allegro_devtools.workflow_builder import Node, build, live_definitions
-from allegro_devtools.workflow_check import RIFE_VFI, VHS_VIDEO_COMBINE, WORKFLOW_DIR
+from allegro_devtools.workflow_check import RIFE_VFI, VHS_VIDEO_COMBINE, WORKFLOW_DIR, oldest_comfyui
 
 PROMPT = ("A red fox trots through fresh snow in a quiet pine forest at dawn. Soft golden light falls between the "
           "trunks, snowflakes drift down, and the fox stops, lifts its head and looks toward the camera. "
@@ -19,7 +19,9 @@ PROMPT = ("A red fox trots through fresh snow in a quiet pine forest at dawn. So
 TI2V_PROMPT = ("The scene in the picture comes to life: the camera slowly pushes in while leaves sway in a light "
                "breeze and the light shifts gently across the scene.")
 
-MODELS_NOTE = """Model files (see the README's table):
+MODELS_NOTE = f"""Needs ComfyUI {oldest_comfyui()} or newer.
+
+Model files (see the README's table):
 
 T2V: download the Hugging Face repo rhymes-ai/Allegro into
   ComfyUI/models/diffusers/Allegro/

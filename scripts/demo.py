@@ -6,7 +6,7 @@ and models/text_encoders/t5xxl_fp16.safetensors) it runs the workflow as saved. 
 writes TINY RANDOM-WEIGHT checkpoints and runs the same graph on them at a small size: the
 pipeline is real, the video is noise.
 
-    .venv/bin/python -m scripts.demo [--gpu] [--tiny]      # from the repository root (`make demo`)
+    .venv/bin/python -m scripts.demo [--gpu] [--tiny [--base-dir DIR]]    # from the repository root (`make demo`)
 """
 import argparse
 import json
@@ -38,9 +38,8 @@ def real_weights_present(models: Path, prompt: dict) -> bool:
     return bool(wanted) and all(path.exists() for path in wanted)
 
 
-def use_tiny_models(prompt: dict, models: Path) -> dict:
-    from allegro_devtools.random_models import write_all      # torch: only when needed
-    write_all(models)
+def use_tiny_models(prompt: dict) -> dict:
+    """The prompt on the tiny checkpoints (random_models.write_all) at TINY_SIZE and TINY_STEPS."""
     for node_id, node in list(prompt.items()):
         inputs = node["inputs"]
         if node["class_type"] in ("AllegroVideo_ModelLoader",):
@@ -58,34 +57,38 @@ def use_tiny_models(prompt: dict, models: Path) -> dict:
     return prompt
 
 
-def main():
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workflow", type=Path, default=WORKFLOW)
     parser.add_argument("--tiny", action="store_true", help="use tiny random weights even if real ones exist")
+    parser.add_argument("--base-dir", type=Path, default=REPO / ".cache" / "demo",
+                        help="the ComfyUI base directory (models, output) of a tiny-weight run")
     parser.add_argument("--gpu", action="store_true", help="do not force --cpu")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
     workflow = json.loads(args.workflow.read_text())
     real_base = comfyui_dir()
-    demo_base = REPO / ".cache" / "demo"
-    # /object_info turns the UI workflow into an API prompt: ask a server on the user's ComfyUI
-    # (where real weights would be); without them, restart on the demo folder with tiny ones.
-    server = ComfyServer(real_base, cpu=not args.gpu)
+    tiny, server = args.tiny, None
     try:
-        server.start()
-        prompt = workflow_to_prompt(workflow, server.object_info())
-        tiny = args.tiny or not real_weights_present(real_base / "models", prompt)
+        if not tiny:
+            # /object_info turns the UI workflow into an API prompt: ask a server on the user's ComfyUI
+            # (where real weights would be); without them, restart on the demo folder with tiny ones.
+            server = ComfyServer(real_base, cpu=not args.gpu).start()
+            prompt = workflow_to_prompt(workflow, server.object_info())
+            if not real_weights_present(real_base / "models", prompt):
+                tiny = True
+                server.stop()
+                print("=" * 78)
+                print("No Allegro weights found in", real_base / "models")
+                print("(expected models/diffusers/Allegro and models/text_encoders/t5xxl_fp16.safetensors).")
         if tiny:
-            server.stop()
-            print("=" * 78)
-            print("No Allegro weights found in", real_base / "models")
-            print("(expected models/diffusers/Allegro and models/text_encoders/t5xxl_fp16.safetensors).")
             print("Running the workflow with TINY RANDOM-WEIGHT checkpoints at", TINY_SIZE, f"{TINY_STEPS} steps:")
             print("every node runs for real, but the video is NOISE from a test-size model, not Allegro output.")
             print("=" * 78, flush=True)
-            server = ComfyServer(demo_base, cpu=not args.gpu)
-            server.start()
-            prompt = use_tiny_models(workflow_to_prompt(workflow, server.object_info()), demo_base / "models")
+            from allegro_devtools.random_models import write_all      # torch: only when needed
+            write_all(args.base_dir / "models")
+            server = ComfyServer(args.base_dir, cpu=not args.gpu).start()
+            prompt = use_tiny_models(workflow_to_prompt(workflow, server.object_info()))
         started = time.time()
         entry = server.run(prompt, timeout=3600)
         if entry["status"]["status_str"] != "success":
@@ -100,7 +103,8 @@ def main():
             print(path)
         return 0 if videos else 1
     finally:
-        server.stop()
+        if server is not None:
+            server.stop()
 
 
 if __name__ == "__main__":

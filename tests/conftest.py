@@ -28,6 +28,17 @@ def pytest_collection_modifyitems(items):
 TEST_OUTPUT = Path(os.environ.get("ALLEGRO_TEST_OUTPUT", REPO_ROOT / "test-output"))
 
 
+# Fixtures that run ComfyUI: their tests, and those marked `server`, get the `comfyui` marker, which
+# scripts/test.sh selects on runtimes that run only the integration tests.
+COMFYUI_FIXTURES = {"comfy", "comfy_server"}
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if item.get_closest_marker("server") or COMFYUI_FIXTURES & set(item.fixturenames):
+            item.add_marker(pytest.mark.comfyui)
+
+
 @pytest.fixture(scope="session")
 def test_output() -> Path:
     TEST_OUTPUT.mkdir(parents=True, exist_ok=True)
@@ -74,7 +85,7 @@ def quantized_models(base_dir):
     from allegro_devtools.random_models import write_quantizable
     from scripts.convert_weights import convert
     sources = write_quantizable(base_dir / "models")
-    plan = {"t2v": ("Q8_0", "Q6_K", "Q5_K", "Q4_K", "fp8_scaled"), "ti2v": ("Q4_K", "fp8_scaled")}
+    plan = {"t2v": ("Q8_0", "Q6_K", "Q5_K", "Q4_K", "fp8_scaled"), "ti2v": ("Q8_0", "Q4_K", "fp8_scaled")}
     names = {}
     for kind, formats in plan.items():
         names[kind] = {"fp32": sources[kind].name}

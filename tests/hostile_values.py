@@ -15,12 +15,15 @@ import torch
 from hypothesis import strategies as st
 from safetensors.torch import save_file
 
+from allegro_devtools.workflow_check import TINY_TRAINING_LIST, write_tiny_training_list
 from bad_inputs import linked_value, tensor_value
 from error_matrix_support import FRAMES, SIZE, STEPS, T2V, show
 
 NODE_PREFIX = "AllegroVideo_"
 FUZZ_PREFIX = "fuzz_"                       # every file the fuzz test writes starts with this
 LORA = f"{FUZZ_PREFIX}lora.safetensors"
+TRAINING_SET = "ALLEGRO_TRAINING_SET"       # the training nodes' custom type
+CLIP_SIZE, CLIP_FRAMES = 32, 4              # the smallest training clip the VAE and the DiT take
 
 # --- a working graph around a node -------------------------------------------------------------------
 
@@ -33,9 +36,18 @@ UPSTREAM = {
 }
 TEXT = {"text": {"class_type": "AllegroVideo_TextEncode", "inputs": {
     "clip": ["t5", 0], "prompt": "a fox", "negative_prompt": "blurry", "use_template": False, "clean_caption": True}}}
-SOURCE = {"MODEL": ["dit", 0], "CLIP": ["t5", 0], "VAE": ["vae", 0], "LATENT": ["latent", 0]}
-# Widgets whose defaults make full-size videos: small ones keep each run to a fraction of a second.
-SMALL = {"width": SIZE, "height": SIZE, "length": FRAMES, "steps": STEPS, "lora_name": LORA, "gpus": 1}
+# A one-clip training set: 'Allegro Training Clip' on a tiny IMAGE batch (needs CLIP, TEXT and VAE too).
+UPSTREAM[TRAINING_SET] = {
+    "clip_frames": tensor_value([CLIP_FRAMES, CLIP_SIZE, CLIP_SIZE, 3]),
+    "clip_set": {"class_type": "AllegroVideo_TrainingClip", "inputs": {
+        "frames": ["clip_frames", 0], "caption": ["text", 0], "vae": ["vae", 0]}}}
+SOURCE = {"MODEL": ["dit", 0], "CLIP": ["t5", 0], "VAE": ["vae", 0], "LATENT": ["latent", 0],
+          TRAINING_SET: ["clip_set", 0]}
+# Widgets whose defaults make full-size videos or long training: small ones keep each run to a fraction of a second.
+SMALL = {"width": SIZE, "height": SIZE, "length": FRAMES, "steps": STEPS, "lora_name": LORA, "gpus": 1,
+         "windows": STEPS, "rank": 1, "gradient_checkpointing": False, "list_file": TINY_TRAINING_LIST,
+         "num_frames": CLIP_FRAMES, "max_height": CLIP_SIZE, "max_width": CLIP_SIZE}
+SMALL_PER_NODE = {"AllegroVideo_TrainLoRA": {"steps": 1}}
 # IMAGE inputs: how many images the node expects by default.
 IMAGE_COUNT = {"images": 2, "previous_frames": FRAMES, "previous": FRAMES, "next": FRAMES, "frames": FRAMES}
 
@@ -49,13 +61,16 @@ def node_inputs(node_class) -> dict:
 
 def working_graph(node_id: str, node_class) -> dict:
     """A graph in which `node_id` runs with good inputs, its first output shown (node "n")."""
-    graph, inputs = {}, {}
+    graph, inputs, small = {}, {}, {**SMALL, **SMALL_PER_NODE.get(node_id, {})}
     for name, (kind, options) in node_inputs(node_class).items():
         if isinstance(kind, list):
-            inputs[name] = SMALL.get(name, options.get("default", kind[0] if kind else None))
+            inputs[name] = small.get(name, options.get("default", kind[0] if kind else None))
         elif kind == "CONDITIONING":
             graph.update({**UPSTREAM["CLIP"], **TEXT})
             inputs[name] = ["text", 0 if name == "positive" else 1]
+        elif kind == TRAINING_SET:
+            graph.update({**UPSTREAM["CLIP"], **TEXT, **UPSTREAM["VAE"], **UPSTREAM[TRAINING_SET]})
+            inputs[name] = SOURCE[kind]
         elif kind in SOURCE:
             graph.update(UPSTREAM[kind])
             inputs[name] = SOURCE[kind]
@@ -63,9 +78,9 @@ def working_graph(node_id: str, node_class) -> dict:
             graph[f"image_{name}"] = tensor_value([IMAGE_COUNT.get(name, 1), SIZE, SIZE, 3])
             inputs[name] = [f"image_{name}", 0]
         elif kind in ("INT", "FLOAT", "STRING", "BOOLEAN") or kind == "COMBO":
-            inputs[name] = SMALL.get(name, options.get("default", 0 if kind in ("INT", "FLOAT") else ""))
+            inputs[name] = small.get(name, options.get("default", 0 if kind in ("INT", "FLOAT") else ""))
             if kind == "COMBO":
-                inputs[name] = SMALL.get(name, options.get("default", (options.get("options") or [""])[0]))
+                inputs[name] = small.get(name, options.get("default", (options.get("options") or [""])[0]))
         else:
             raise AssertionError(f"{node_id}: no good value known for input {name} of type {kind}")
     graph["n"] = {"class_type": node_id, "inputs": inputs}
@@ -89,6 +104,8 @@ IMAGE_SHAPES = [[1, 0, SIZE, 3], [1, SIZE, 0, 3], [0, SIZE, SIZE, 3], [SIZE, SIZ
 LATENT_SHAPES = [[1, 4, 0, 8, 8], [1, 4, 2, 0, 8], [0, 4, 2, 8, 8], [1, 16, 2, 8, 8], [1, 4, 8, 8], [1, 4, 2, 7, 9],
                  [1, 4, 2, 8], [1, 4, 300, 8, 8]]
 FILLS = [math.nan, math.inf, -math.inf, 1e30, -5.0, None, 0.0]
+# Not a training set: lists of the wrong things, and what else a wrongly linked output holds.
+NOT_TRAINING_SETS = ["", [], [{}], [{"latent": 1}], [[1, 2]], [None], {"latent": [1]}]
 
 
 def hostile(kind: str, combo_files: list[str]):
@@ -110,6 +127,11 @@ def hostile(kind: str, combo_files: list[str]):
     if kind == "LATENT":
         return st.tuples(st.just("tensor"), st.tuples(st.sampled_from(LATENT_SHAPES + [[1, 4, 2, 8, 8]]),
                                                        st.sampled_from(FILLS), st.just(True)))
+    if kind == TRAINING_SET:
+        tensors = st.tuples(st.sampled_from([[CLIP_FRAMES, CLIP_SIZE, CLIP_SIZE, 3], [1, 4, 1, 4, 4]]),
+                            st.sampled_from(FILLS), st.booleans())
+        return (st.tuples(st.just("link"), st.sampled_from(WRONG_KINDS + NOT_TRAINING_SETS))
+                | st.tuples(st.just("tensor"), tensors))
     return None                             # MODEL, CLIP, VAE, CONDITIONING: objects, only good ones here
 
 
@@ -135,7 +157,8 @@ def describe(value) -> str:
 # --- wrong-kind files --------------------------------------------------------------------------------------
 
 def write_files(models: Path, tiny: dict) -> dict[str, list[str]]:
-    """Wrong-kind files (and one good LoRA) in the model folders: {loader input name: file names}."""
+    """Wrong-kind files (and one good LoRA) in the model folders, the tiny training list and wrong-kind
+    lists under input/: {input name: file names}."""
     dm, vae, loras = models / "diffusion_models", models / "vae", models / "loras"
     for folder in (dm, vae, loras):
         folder.mkdir(parents=True, exist_ok=True)
@@ -149,15 +172,30 @@ def write_files(models: Path, tiny: dict) -> dict[str, list[str]]:
     save_file({"diffusion_model.transformer_blocks.0.attn1.to_q.lora_down.weight": torch.full((2, 48), 0.01),
                "diffusion_model.transformer_blocks.0.attn1.to_q.lora_up.weight": torch.full((48, 2), 0.01)},
               str(loras / LORA))
-    return {"model_name": [f"{FUZZ_PREFIX}text.safetensors", f"{FUZZ_PREFIX}empty.gguf", f"{FUZZ_PREFIX}garbage.gguf",
+    lists = write_lists(models.parent / "input")
+    loras_named = [f"{FUZZ_PREFIX}dit_as_lora.safetensors", f"{FUZZ_PREFIX}text_lora.safetensors"]
+    return {"list_file": lists, "existing_lora": loras_named,"model_name": [f"{FUZZ_PREFIX}text.safetensors", f"{FUZZ_PREFIX}empty.gguf", f"{FUZZ_PREFIX}garbage.gguf",
                            f"{FUZZ_PREFIX}vae_as_dit.safetensors"],
             "vae_name": [f"{FUZZ_PREFIX}dit_as_vae.safetensors"],
-            "lora_name": [f"{FUZZ_PREFIX}dit_as_lora.safetensors", f"{FUZZ_PREFIX}text_lora.safetensors"]}
+            "lora_name": loras_named}
 
 
-def remove_files(models: Path) -> None:
-    for path in models.rglob(f"{FUZZ_PREFIX}*"):
-        path.unlink()
+def write_lists(input_dir: Path) -> list[str]:
+    """The tiny training list (one clip, PyAV), and wrong-kind lists beside it: names relative to input/."""
+    folder = input_dir / Path(write_tiny_training_list(input_dir)).parent
+    (folder / f"{FUZZ_PREFIX}text.jsonl").write_text("not json\n")
+    (folder / f"{FUZZ_PREFIX}empty.jsonl").write_bytes(b"")
+    (folder / f"{FUZZ_PREFIX}binary.jsonl").write_bytes(bytes(range(256)))
+    (folder / f"{FUZZ_PREFIX}rows.jsonl").write_text('{"path": 5, "num_frames": "x", "height": -1, "width": 1e999, '
+                                                     '"cap": null}\n[1, 2]\n')
+    (folder / f"{FUZZ_PREFIX}garbage.parquet").write_bytes(b"PAR1" + bytes(64))
+    return sorted(path.relative_to(input_dir).as_posix() for path in folder.glob(f"{FUZZ_PREFIX}*"))
+
+
+def remove_files(*folders: Path) -> None:
+    for folder in folders:
+        for path in folder.rglob(f"{FUZZ_PREFIX}*"):
+            path.unlink()
 
 
 # --- a clear message ---------------------------------------------------------------------------------------

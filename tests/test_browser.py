@@ -3,12 +3,16 @@ playwright), the way a user meets them: load each workflow with app.loadGraphDat
 types are missing, take what the Run button would send (app.graphToPrompt), queue it on the tiny
 weights and check the mp4; and find every node in the Node Library with its name, category and help.
 
-Screenshots of the loaded graphs go to test-output/browser/ (the README's pictures come from there)."""
+Pictures of the loaded graphs go to test-output/browser/, drawn by the code that draws the README's
+(scripts/render_workflow_images.py refreshes docs/images/ with it)."""
+import copy
 import json
+from pathlib import Path
 
 import av
 import numpy as np
 import pytest
+import requests
 from PIL import Image
 
 from allegro_devtools import browser
@@ -20,6 +24,8 @@ from allegro_devtools.workflow_api import workflow_to_prompt
 pytestmark = [pytest.mark.browser, pytest.mark.server, pytest.mark.slow]
 
 WORKFLOWS = {path.stem: path for path in workflow_paths()}
+# workflows/allegro_t2v.json as version 0.1 shipped it, with the node ids before the "AllegroVideo_" prefix.
+FORMER_WORKFLOW = Path(__file__).parent / "data" / "workflow_0.1_allegro_t2v.json"
 # Frames, height, width of each runnable workflow's video at the tiny size (the upscale one scales by 1.5).
 # The extend workflow joins two clips overlapping by 4 frames: 24 + 24 - 4.
 EXPECTED_VIDEO = {"allegro_t2v": (24, 240, 240), "allegro_ti2v": (24, 240, 240),
@@ -73,11 +79,13 @@ def test_workflow_loads_and_runs_from_the_front_end(name, page, comfy_server, ob
     # Only the documented third-party packs may be missing, and the front-end must say so.
     assert missing <= set(THIRD_PARTY_NODE_TYPES), missing
     assert missing == third_party_types(workflow)
-    dialog = browser.missing_nodes_dialog_text(page)
-    assert all(node_type in dialog for node_type in missing), dialog
+    if missing:
+        report = browser.missing_nodes_report(page)
+        names_them = all(node_type in report for node_type in missing)
+        assert names_them or (len(missing) > 1 and f"{len(missing)} nodes" in report), report
     shots = test_output / "browser"
     shots.mkdir(parents=True, exist_ok=True)
-    browser.screenshot_graph(page, shots / f"{name}.png")
+    browser.workflow_picture(page, shots / f"{name}.jpg")        # as scripts/render_workflow_images.py draws it
 
     prompt = browser.graph_to_prompt(page)
     ours = {node_id: node for node_id, node in prompt.items() if node["class_type"] in object_info}
@@ -115,3 +123,27 @@ def test_every_package_node_is_in_the_node_library_with_its_help(page, object_in
         outputs, output_names = definition["output"], definition["output_name"]
         assert len(definition["output_tooltips"]) == len(outputs) and all(definition["output_tooltips"]), name
         assert all(label and label != kind for label, kind in zip(output_names, outputs)), (name, output_names)
+
+
+def test_a_workflow_saved_with_the_0_1_node_ids_opens_as_the_new_nodes(page, comfy_server, object_info):
+    """Where ComfyUI has node replacement (GET /node_replacements, 0.33), the front-end offers to swap the
+    0.1 nodes, and "Replace All" gives the AllegroVideo_ nodes with the file's links and widget values:
+    the graph then sends exactly what the file with the new ids converts to."""
+    if requests.get(comfy_server.url + "/node_replacements", timeout=30).status_code == 404:
+        pytest.skip("this ComfyUI has no node replacement (no GET /node_replacements)")
+    workflow = json.loads(FORMER_WORKFLOW.read_text())
+    new_ids = {node["type"]: "AllegroVideo_" + node["type"].removeprefix("Allegro") for node in workflow["nodes"]
+               if node["type"].startswith("Allegro")}
+    assert set(browser.load_workflow(page, workflow)) == set(new_ids)
+    browser.replace_all_nodes(page)
+    now = {node["id"]: node for node in browser.saved_nodes(page)}
+    for node in workflow["nodes"]:
+        if node["type"] in new_ids:
+            assert now[node["id"]]["type"] == new_ids[node["type"]]
+            saved = node["widgets_values"]
+            assert now[node["id"]]["widgets_values"][:len(saved)] == saved, node["type"]
+    renamed = copy.deepcopy(workflow)
+    for node in renamed["nodes"]:
+        node["type"] = new_ids.get(node["type"], node["type"])
+    sent = {k: (v["class_type"], v["inputs"]) for k, v in browser.graph_to_prompt(page).items()}
+    assert sent == {k: (v["class_type"], v["inputs"]) for k, v in workflow_to_prompt(renamed, object_info).items()}

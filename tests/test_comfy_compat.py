@@ -111,13 +111,16 @@ def test_models_use_the_core_patcher_class_and_load_weights_for_it(comfy, tiny_m
     factory, args = model.cached_patcher_init
     assert type(factory(*args, disable_dynamic=True)) is plain
     # Dynamic patchers get the weights assigned (no copy); the model computes as a plainly loaded one.
+    # The weights are equal, but in other memory, where CPU kernels may sum in another order: measured
+    # max |difference| 0 on ComfyUI 0.3.75 and 0.8.0, 2.9e-6 at max |output| 11 (2.6e-7 of it) on 0.33.0.
     x, context = torch.randn(1, 4, 2, 8, 8), torch.randn(1, 16, 32)
     monkeypatch.undo()
     reference = load_model(comfy)
     with torch.no_grad():
         expected = reference.model.apply_model(x, torch.tensor([5.0]), c_crossattn=context)
-        # Other memory (file-mapped vs copied) can pick other kernels: close, not bit-equal.
-        assert_relative(model.model.apply_model(x, torch.tensor([5.0]), c_crossattn=context), expected, 1e-6)
+        # Other memory (file-mapped vs copied) can pick other kernels: close, not bit-equal. Measured: 0 on
+        # 0.3.75 and 0.8.0, 2.6e-7 relative on 0.33.0 (its loading path), under avx2 and avx512.
+        assert_relative(model.model.apply_model(x, torch.tensor([5.0]), c_crossattn=context), expected, 2e-6)
 
 
 def test_dynamic_patchers_keep_the_state_dicts_tensors(comfy, tiny_models):

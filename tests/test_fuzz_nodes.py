@@ -1,14 +1,16 @@
 """Every input of every node of the package, fuzzed with hostile values of its type (hypothesis) through
 ComfyUI's executor: NaN, ±inf, 0, negative, huge numbers; empty, huge and path-like text; values of
 other kinds linked from an "any" output; IMAGE and LATENT tensors of wrong shapes, empty axes and
-NaN/inf/huge fills; names of wrong-kind files in the model folders. Each run either works or ends in a
-clear message (a checked error, no raw Python/torch exception text, short); nothing is written to the
-output or model folders. A smaller part goes through a live server, which must keep answering.
+NaN/inf/huge fills; names of wrong-kind files in the model folders and wrong-kind training lists; training
+sets linked with wrong kinds. Each run either works or ends in a clear message (a checked error, no raw
+Python/torch exception text, short); nothing is written to the output or model folders, and nothing but
+complete entries to the training dataset's cache. A smaller part goes through a live server, which must keep answering.
 
 Bounded for CI (2 cores, 3 ComfyUI versions): a fixed number of examples per node, derandomised so
 every run draws the same cases, no deadline. The cases run are written to test-output/fuzz_nodes.md.
 """
 import json
+import re
 
 import pytest
 import requests
@@ -29,11 +31,11 @@ seen: list[tuple[str, str, str, str, str]] = []          # (node, input, value, 
 
 @pytest.fixture(scope="module")
 def fuzz_files(comfy, tiny_models, test_output):
-    models = comfy.base_dir / "models"
-    hv.remove_files(models)
+    models, inputs = comfy.base_dir / "models", comfy.base_dir / "input"
+    hv.remove_files(models, inputs)
     files = hv.write_files(models, tiny_models)
     yield files
-    hv.remove_files(models)
+    hv.remove_files(models, inputs)
     lines = ["# Fuzzed node inputs", "", f"Written by tests/test_fuzz_nodes.py: {len(seen)} cases.", "",
              "| node | input | value | outcome | message |", "|---|---|---|---|---|"]
     for row in seen:
@@ -49,7 +51,9 @@ NODE_IDS = ["AllegroVideo_ModelLoader", "AllegroVideo_VAELoader", "AllegroVideo_
             "AllegroVideo_EmptyLatentVideo", "AllegroVideo_Sampler", "AllegroVideo_VAEDecode", "AllegroVideo_VAEEncode",
             "AllegroVideo_TI2VConditioning", "AllegroVideo_StepCache", "AllegroVideo_LoraLoader",
             "AllegroVideo_TI2VKeyframes", "AllegroVideo_TI2VContinue", "AllegroVideo_JoinClips",
-            "AllegroVideo_MultiGPU", "AllegroVideo_BlockSwap", "AllegroVideo_PAB"]
+            "AllegroVideo_MultiGPU", "AllegroVideo_BlockSwap", "AllegroVideo_PeRFlowSampler",
+            "AllegroVideo_TrainLoRA", "AllegroVideo_TrainingClip", "AllegroVideo_TrainingDataset",
+            "AllegroVideo_PAB"]
 
 
 def test_the_fuzzed_nodes_are_every_node_and_each_runs_with_good_inputs(comfy, fuzz_files):
@@ -59,8 +63,14 @@ def test_the_fuzzed_nodes_are_every_node_and_each_runs_with_good_inputs(comfy, f
         assert result.status == "success", (node_id, result.error)
 
 
+CACHE_ENTRY = re.compile(r"[0-9a-f]{32}\.safetensors")      # a complete dataset cache entry (renamed when written)
+
+
 def listing(comfy) -> set:
-    return bad_inputs.listing(comfy.base_dir / "output") | bad_inputs.listing(comfy.base_dir / "models")
+    """Files in output/ and models/, and any but complete entries in the training dataset caches."""
+    caches = {name for name in bad_inputs.listing(comfy.base_dir / "input")
+              if "/.allegro_cache/" in f"/{name}" and not CACHE_ENTRY.fullmatch(name.rsplit("/", 1)[-1])}
+    return bad_inputs.listing(comfy.base_dir / "output") | bad_inputs.listing(comfy.base_dir / "models") | caches
 
 
 def check_case(comfy, node_id: str, name: str, how: str, value) -> None:
@@ -150,3 +160,11 @@ def test_the_live_server_keeps_answering_through_hostile_prompts(comfy, comfy_se
     good = hv.working_graph("AllegroVideo_Sampler", comfy.node_types["AllegroVideo_Sampler"])
     prompt_id = requests.post(url + "/prompt", data=json.dumps({"prompt": good}), timeout=60).json()["prompt_id"]
     assert comfy_server.wait(prompt_id, timeout=120)["status"]["status_str"] == "success"
+
+
+def test_every_wrong_kind_file_is_tried(comfy, fuzz_files):
+    """The draws above pick some of the wrong-kind files; here each one goes into each input that lists it."""
+    for node_id in NODE_IDS:
+        for name in hv.node_inputs(comfy.node_types[node_id]):
+            for file_name in fuzz_files.get(name, []):
+                check_case(comfy, node_id, name, "widget", file_name)

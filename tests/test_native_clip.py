@@ -1,9 +1,10 @@
 """Allegro Text Encode on ComfyUI's own CLIP, as the stock 'Load CLIP' node makes it from a T5-XXL
 single file (t5xxl_fp16.safetensors, type mochi or ltxv).
 
-The stock loader recognises T5-XXL by one tensor's shape (`encoder.block.23…wi_1.weight`, 4096 wide,
-comfy/sd.py detect_te_model) and then always builds the full 4.7 B-parameter XXL from
-comfy/text_encoders/t5_config_xxl.json. So the file here is the tiny hub T5 plus that one marker
+The stock loader recognises T5-XXL by one tensor's shape (`encoder.block.23…wi_1.weight`, 10240×4096 in
+the real file; comfy/sd.py detect_te_model looks at its width 4096 in 0.3.75, at its height 10240 in 0.33),
+takes the T5 dtype from `encoder.final_layer_norm.weight`, and then always builds the full 4.7 B-parameter
+XXL from comfy/text_encoders/t5_config_xxl.json. So the file here is the tiny hub T5 plus that one marker
 tensor, and the XXL config json is swapped for the tiny one's sizes; everything else — CLIPLoader,
 detection, mochi_te / ltxv_te, T5XXLModel with its masks, ComfyUI's T5 tokenizer — is the stock code.
 """
@@ -22,13 +23,27 @@ XXL_MARKER = "encoder.block.23.layer.1.DenseReluDense.wi_1.weight"
 PROMPT, NEGATIVE = "A lighthouse on a cliff at dusk, waves crash below.", "blurry, watermark"
 
 
+def xxl_marker() -> torch.Tensor:
+    """The smallest marker that this ComfyUI's own detect_te_model takes for T5-XXL (asked, not assumed
+    from a version: the real 10240×4096 tensor, 160 MB, satisfies every version but is too big to write)."""
+    from comfy.sd import TEModel, detect_te_model
+    for shape in ((1, 4096), (10240, 1), (10240, 4096)):
+        if detect_te_model({XXL_MARKER: torch.empty(shape)}) == TEModel.T5_XXL:
+            return torch.zeros(shape)
+    raise AssertionError("this ComfyUI takes no encoder.block.23 wi_1 tensor for T5-XXL: see comfy/sd.py detect_te_model")
+
+
 @pytest.fixture(scope="module")
-def tiny_xxl_file(base_dir, tiny_models):
+def tiny_xxl_file(base_dir, tiny_models, comfy):
     folder = tiny_models["diffusers_t2v"] / "text_encoder"
     weights = {}
     for shard in sorted(folder.glob("model-*.safetensors")):
         weights.update(load_file(shard))
-    weights[XXL_MARKER] = torch.zeros(1, 4096)    # fp32 like the rest: ComfyUI takes the T5 dtype from it
+    # fp16, as t5xxl_fp16.safetensors: ComfyUI 0.33 keeps the T5 in the dtype of the file's
+    # encoder.final_layer_norm.weight, 0.3.75 in its text-encoder dtype, fp16 on CPU too.
+    weights = {name: tensor.half() for name, tensor in weights.items()}
+    assert "encoder.final_layer_norm.weight" in weights
+    weights[XXL_MARKER] = xxl_marker().half()
     save_file(weights, base_dir / "models" / "text_encoders" / FILE)
     return json.loads((folder / "config.json").read_text())
 

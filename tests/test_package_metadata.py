@@ -49,6 +49,12 @@ def test_every_picture_the_readme_shows_is_in_the_repository():
         assert (REPO_ROOT / picture).is_file(), picture
 
 
+def test_every_shipped_workflow_has_its_picture_in_the_readme():
+    """scripts/render_workflow_images.py draws docs/images/<workflow>.jpg for each file in workflows/."""
+    for workflow in sorted((REPO_ROOT / "workflows").glob("*.json")):
+        assert f"![{workflow.stem}](docs/images/{workflow.stem}.jpg)" in README, workflow.name
+
+
 def test_the_model_library_imports_without_comfyui():
     """allegro/ is pure PyTorch: every module imports in a fresh Python where `comfy` cannot be imported."""
     script = (

@@ -51,3 +51,29 @@ def test_extension_widgets_saved_as_a_list_follow_their_combo():
     node["widgets_values"] = [7, "fixed", "b", "clip"]
     assert workflow_to_prompt({"nodes": [node], "links": []}, definitions)["1"]["inputs"] == \
         {"seed": 7, "format": "b", "name": "clip"}
+
+
+def test_a_dynamic_combo_shows_its_options_inputs_and_unsaved_widgets_send_their_defaults():
+    """A V3 DynamicCombo (ComfyUI 0.33's Save Video `codec`) is followed by its chosen option's inputs, named
+    "<combo>.<input>" and nested as deep as the options go, as the front-end inserts them; a widget the file
+    has no value for (saved by an older ComfyUI: Create Video's `bit_depth`, `codec.encoding`) sends its
+    default, which is what the front-end's new widget starts with. `saved_only` leaves those out."""
+    re_encode = {"key": "re-encode", "inputs": {"required": {"crf": ["FLOAT", {"default": 23.0}]}}}
+    encoding = ["COMFY_DYNAMICCOMBO_V3", {"options": [{"key": "auto", "inputs": {}}, re_encode]}]
+    codec = ["COMFY_DYNAMICCOMBO_V3", {"options": [{"key": "auto", "inputs": {}},
+                                                  {"key": "h264", "inputs": {"optional": {"encoding": encoding}}}]}]
+    definitions = {"Save": {"input": {"required": {"video": ["VIDEO", {}], "prefix": ["STRING", {}], "codec": codec},
+                                      "optional": {"bit_depth": ["INT", {"default": 8}],
+                                                   "level": ["INT", {"default": 3, "forceInput": True}]}}}}
+
+    def converted(values, saved_only=False):
+        node = {"id": 1, "type": "Save", "inputs": [], "widgets_values": values}
+        return workflow_to_prompt({"nodes": [node], "links": []}, definitions, saved_only)["1"]["inputs"]
+
+    assert converted(["v", "h264", "re-encode", 28.0, 10]) == \
+        {"prefix": "v", "codec": "h264", "codec.encoding": "re-encode", "codec.encoding.crf": 28.0, "bit_depth": 10}
+    assert list(converted(["v", "h264", "re-encode", 28.0, 10])) == \
+        ["prefix", "codec", "codec.encoding", "codec.encoding.crf", "bit_depth"]
+    assert converted(["v", "h264"]) == {"prefix": "v", "codec": "h264", "codec.encoding": "auto", "bit_depth": 8}
+    assert converted(["v", "auto", 10]) == {"prefix": "v", "codec": "auto", "bit_depth": 10}
+    assert converted(["v", "h264"], saved_only=True) == {"prefix": "v", "codec": "h264"}

@@ -9,8 +9,8 @@ import pytest
 
 from allegro_devtools.runtime import PACKAGE_DIR_NAME, REPO_ROOT
 from allegro_devtools.workflow_check import (NOTE_TYPES, RIFE_VFI, THIRD_PARTY_NODE_TYPES, VHS_VIDEO_COMBINE,
-                                            link_problems, load_workflow, node_types, third_party_types,
-                                            unknown_node_types, widget_problems, workflow_paths)
+                                            link_problems, load_workflow, node_types, oldest_comfyui,
+                                            third_party_types, unknown_node_types, widget_problems, workflow_paths)
 
 pytestmark = [pytest.mark.server, pytest.mark.slow]
 
@@ -55,12 +55,13 @@ def test_saved_values_and_links_fit_the_node_definitions(name, object_info):
 
 
 @pytest.mark.parametrize("name", sorted(WORKFLOWS))
-def test_a_note_says_which_model_file_goes_where(name):
+def test_a_note_says_which_model_file_goes_where_and_the_oldest_comfyui(name):
     workflow = load_workflow(WORKFLOWS[name])
     notes = [" ".join(map(str, node["widgets_values"])) for node in workflow["nodes"] if node["type"] in NOTE_TYPES]
     assert notes, "no Note node"
     text = "\n".join(notes)
-    for needed in ("models/diffusers/Allegro", "models/text_encoders", "t5xxl_fp16.safetensors"):
+    for needed in ("models/diffusers/Allegro", "models/text_encoders", "t5xxl_fp16.safetensors",
+                   f"Needs ComfyUI {oldest_comfyui()} or newer"):
         assert needed in text
     if "ti2v" in name:
         assert "Allegro-TI2V" in text
