@@ -24,6 +24,7 @@ FEATURES = {
     "multigpu_seq2": ("Allegro Multi-GPU, sequence 2", False),
     "multigpu_cfg2": ("Allegro Multi-GPU, CFG 2", False),
     "slg": ("SkipLayerGuidanceDiT (core)", True),
+    "pab": ("Allegro PAB", True),
 }
 PAIRED = tuple(f for f in FEATURES if f != "slg")       # each of these with each weights format
 
@@ -33,6 +34,8 @@ COMBINATIONS = (
     ("Q8_0", ("block_swap", "step_cache")),
     ("fp32", ("core_lora", "multigpu_seq2", "easycache")),
     ("fp32", ("multigpu_seq2", "slg")),
+    ("Q4_K", ("core_lora", "block_swap", "pab")),
+    ("fp32", ("multigpu_seq2", "pab")),
 )
 
 # Cells that are not "equal"/"changes" as the features' kinds say: refusals, by
@@ -42,6 +45,8 @@ EXCEPTIONS: dict[tuple[str, tuple[str, ...], str | None], str] = {
     # check before sampling (nodes/dit_seam.py, ON_PRE_RUN) cannot see it; the refusal comes at that call.
     ("fp32", ("multigpu_seq2", "slg"), None):
         "refused during step 1: cannot run on the 'Allegro Multi-GPU' rank group",
+    # PAB's attention skips would run on rank 0 only (nodes/dit_seam.py's check before sampling refuses it).
+    ("fp32", ("multigpu_seq2", "pab"), None): "refused: Allegro PAB cannot run on the 'Allegro Multi-GPU' rank group",
 }
 
 # TorchCompileModel's inductor compile takes 45-110 s per model and mode on 2 CPU cores: the default run

@@ -34,9 +34,17 @@ def flops_per_step(config: TransformerConfig, tokens: int, batch: int = 2) -> fl
     """Multiply-adds x 2 of one CFG step: projections, attention over all tokens, cross-attention
     over the 512 caption tokens, and the 4x MLP, for every block."""
     d = config.inner_dim
-    per_token = 8 * d * d + 4 * tokens * d + 4 * d * d + 4 * TEXT_TOKENS * d + 16 * d * d
+    self_product, cross_product = attention_product_flops(config, tokens, batch)
+    per_token = 8 * d * d + 4 * d * d + 16 * d * d
     context = 2 * 2 * TEXT_TOKENS * d * d                       # caption keys and values, per block
-    return batch * config.num_layers * (tokens * per_token + context)
+    return batch * config.num_layers * (tokens * per_token + context) + config.num_layers * (self_product + cross_product)
+
+
+def attention_product_flops(config: TransformerConfig, tokens: int, batch: int = 2) -> tuple[float, float]:
+    """FLOPs of one block's attention products (q·kᵀ and the weighted sum of v, not the projections) in one
+    CFG step: (self-attention over all tokens, cross-attention over the caption tokens)."""
+    d = config.inner_dim
+    return batch * tokens * 4 * tokens * d, batch * tokens * 4 * TEXT_TOKENS * d
 
 
 def sdpa_context(backend: str):

@@ -27,6 +27,8 @@ BENCHES = {
                 ["--size", "tiny", "--video", "8x64x64", "--steps", "3", "--reps", "1", "--warmup", "0"]),
     "step_cache": ("bench.bench_step_cache", [],
                    ["--size", "tiny", "--video", "8x64x64", "--steps", "8", "--reps", "1", "--warmup", "0"]),
+    "caches": ("bench.bench_caches", [],
+               ["--size", "tiny", "--video", "8x64x64", "--steps", "8", "--reps", "1", "--warmup", "0"]),
     # 40x520x560 (diffusers' grid complete), 40x368x640 (uneven) and 88x720x1280, with "auto" tiles
     "vae_decode": ("bench.bench_vae_decode", [], SMALL_VAE + ["--size", "24x240x320", "--reps", "1"]),
     "ti2v_encode": ("bench.bench_ti2v_encode", [], SMALL_VAE + ["--size", "24x240x240", "--modes", "first+last", "--reps", "1"]),

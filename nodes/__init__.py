@@ -14,6 +14,7 @@ from .latent import AllegroEmptyLatentVideo
 from .loaders import AllegroModelLoader, AllegroT5Loader, AllegroVAELoader
 from .lora import AllegroLoraLoader
 from .previews import keep_runtime_preview_setting
+from .pab import AllegroPAB
 from .parallel import AllegroMultiGPU
 from .perflow import AllegroPeRFlowSampler
 from .sampler import AllegroSampler
@@ -30,7 +31,7 @@ NODE_ID_PREFIX = "AllegroVideo_"
 NODES: list[type[io.ComfyNode]] = [
     AllegroModelLoader, AllegroVAELoader, AllegroT5Loader, AllegroTextEncode, AllegroEmptyLatentVideo,
     AllegroSampler, AllegroVAEDecode, AllegroVAEEncode, AllegroTI2VConditioning, AllegroStepCache,
-    AllegroLoraLoader,
+    AllegroLoraLoader, AllegroPAB,
     AllegroPeRFlowSampler,
     AllegroTI2VKeyframes, AllegroTI2VContinue, AllegroJoinClips, AllegroMultiGPU, AllegroBlockSwap,
     AllegroTrainingClip, AllegroTrainingDataset, AllegroTrainLoRA,

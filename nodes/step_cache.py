@@ -63,4 +63,9 @@ class SamplerStepCache(StepCache):
             if index == 0:
                 self.reset()          # a new sampling run starts
             progress = index / max(1, len(steps) - 1)
-        return tuple(options.get("cond_or_uncond", ())), progress
+        return cfg_stream(options), progress
+
+
+def cfg_stream(options: dict) -> tuple:
+    """Which CFG batch layout a call is (e.g. (0, 1): cond and uncond together): each keeps its own cache."""
+    return tuple(options.get("cond_or_uncond", ()))

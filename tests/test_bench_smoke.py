@@ -53,6 +53,17 @@ def test_step_cache_bench(out_dir):
     assert len(rows) == 5                                          # off, 3 thresholds, another seed
 
 
+def test_caches_bench(out_dir):
+    out = run_quick("caches", out_dir)
+    rows = {row[0]: row for row in table_rows(out)}
+    assert len(rows) == 7
+    assert rows["no cache"][5] == "inf" and rows["no cache"][7] == "0.00"
+    pab = rows["Allegro PAB (defaults: spatial 2, 100..800)"]
+    skipped, total = map(int, pab[2].split("/"))
+    assert pab[1] == rows["no cache"][1] and skipped < total        # PAB runs every call, skips self-attentions
+    assert float(pab[7]) > 0
+
+
 def test_vae_decode_bench_has_no_holes(out_dir):
     out = run_quick("vae_decode", out_dir)
     tables = [table_rows(block) for block in out.split("\n\n") if block.startswith("| ")]

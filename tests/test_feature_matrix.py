@@ -10,7 +10,8 @@ ranks, TorchCompileModel really traced the DiT.
 Measured (fp32 compute, this machine's AVX-512 kernels, 1 thread): Multi-GPU, Block Swap and the triples 0
 (bit-identical) in every format and mode; TorchCompileModel 1.9e-6 to 3.0e-6 (max relative, all 8 cells). Changes (norm): both LoRA
 loaders 5.7e-2 to 8.9e-2 (equal to each other), EasyCache 7.2e-3 to 8.5e-3, LazyCache 1.1e-2 to 2.7e-1, the
-step cache 1.4e-4 (T2V: one of 3 steps skipped late) to 3.3e-3 (TI2V)."""
+step cache 1.4e-4 (T2V: one of 3 steps skipped late) to 3.3e-3 (TI2V); Allegro PAB (every attention reused at
+step 2 of 3) 1.4e-4 (T2V) and 3.2e-3 to 3.3e-3 (TI2V) in every format; LoRA + Block Swap + PAB equal to LoRA + PAB: 0."""
 import os
 import sys
 
@@ -46,6 +47,9 @@ NODES = {
     "multigpu_cfg2": ("AllegroVideo_MultiGPU", {"gpus": 2, "cfg_parallel": True, "devices": ""}),
     "slg": ("SkipLayerGuidanceDiT", {"double_layers": "1", "single_layers": "", "scale": 3.0, "start_percent": 0.0,
                                      "end_percent": 1.0, "rescaling_scale": 0.0}),
+    # Every attention reused on every other call at any timestep: of 3 steps, the second reuses.
+    "pab": ("AllegroVideo_PAB", {"spatial_skip_range": 2, "spatial_timestep_start": 0, "spatial_timestep_end": 1000,
+                                 "cross_skip_range": 2, "cross_timestep_start": 0, "cross_timestep_end": 1000}),
 }
 CACHES = {"step_cache", "easycache", "lazycache"}
 

@@ -52,7 +52,8 @@ NODE_IDS = ["AllegroVideo_ModelLoader", "AllegroVideo_VAELoader", "AllegroVideo_
             "AllegroVideo_TI2VConditioning", "AllegroVideo_StepCache", "AllegroVideo_LoraLoader",
             "AllegroVideo_TI2VKeyframes", "AllegroVideo_TI2VContinue", "AllegroVideo_JoinClips",
             "AllegroVideo_MultiGPU", "AllegroVideo_BlockSwap", "AllegroVideo_PeRFlowSampler",
-            "AllegroVideo_TrainLoRA", "AllegroVideo_TrainingClip", "AllegroVideo_TrainingDataset"]
+            "AllegroVideo_TrainLoRA", "AllegroVideo_TrainingClip", "AllegroVideo_TrainingDataset",
+            "AllegroVideo_PAB"]
 
 
 def test_the_fuzzed_nodes_are_every_node_and_each_runs_with_good_inputs(comfy, fuzz_files):

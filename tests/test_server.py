@@ -11,7 +11,7 @@ PACKAGE_NODES = {"AllegroVideo_ModelLoader", "AllegroVideo_VAELoader", "AllegroV
                  "AllegroVideo_VAEDecode", "AllegroVideo_VAEEncode", "AllegroVideo_TI2VConditioning",
                  "AllegroVideo_StepCache", "AllegroVideo_LoraLoader", "AllegroVideo_TI2VKeyframes",
                  "AllegroVideo_TI2VContinue", "AllegroVideo_JoinClips", "AllegroVideo_MultiGPU",
-                 "AllegroVideo_BlockSwap",
+                 "AllegroVideo_BlockSwap", "AllegroVideo_PAB",
                  "AllegroVideo_PeRFlowSampler",
                  "AllegroVideo_TrainingClip", "AllegroVideo_TrainingDataset", "AllegroVideo_TrainLoRA"}
 # The node ids of the other Allegro pack (bombax-xiaoice/ComfyUI-Allegro): ComfyUI lets the pack loaded

@@ -1,0 +1,92 @@
+"""Pyramid Attention Broadcast (PAB): reuse an attention's output over the next few steps instead of
+recomputing it, in the middle of the run where attention outputs change little from step to step.
+
+Each attention of each block keeps its own count of calls: while the current timestep lies strictly
+inside that kind's timestep range, the attention is computed on every `every`-th call (the first of each
+run of `every`) and the last output is reused on the others; outside the range it is always computed.
+Allegro's self-attention (`attn1`, full 3-D) is the "spatial" kind, the caption cross-attention (`attn2`)
+the "cross" kind; `every` = 1 turns a kind off. This is the behaviour of diffusers'
+`apply_pyramid_attention_broadcast` on `AllegroTransformer3DModel` (tests/test_pab.py compares them).
+
+A wrapper of the DiT's seam (allegro/dit_wrappers.py): the blocks stage tells it the call's stream (e.g.
+the CFG batch layout, which has its own counts) and timestep, the block stage which block runs, the
+attention stage skips. Skipping saves the attention product itself; the q/k/v/out projections still run.
+"""
+from dataclasses import dataclass
+
+from .dit_wrappers import OUTER, BlockInput, BlocksInput, DiTWrapper
+
+DEFAULT_TIMESTEPS = (100, 800)          # diffusers' default timestep skip range for every kind
+
+
+@dataclass(frozen=True)
+class SkipRule:
+    """every: compute on every `every`-th call, reuse in between (1: always compute);
+    timesteps (low, high): skipping happens only while low < timestep < high."""
+    every: int = 1
+    timesteps: tuple = DEFAULT_TIMESTEPS
+
+    def __post_init__(self):
+        if int(self.every) != self.every or self.every < 1:
+            raise ValueError(f"a PAB skip range must be a whole number >= 1 (1 = off), got {self.every}")
+        low, high = self.timesteps
+        if not low <= high:
+            raise ValueError(f"a PAB timestep range needs start <= end, got {low} .. {high}")
+
+    def computes(self, count: int, timestep: float) -> bool:
+        """Whether the call numbered `count` (0 = first of the run) at `timestep` computes the attention."""
+        inside = self.timesteps[0] < timestep < self.timesteps[1]
+        return count == 0 or not inside or count % self.every == 0
+
+
+class PyramidAttentionBroadcast(DiTWrapper):
+    name = "Allegro PAB"
+    order = OUTER
+
+    def __init__(self, spatial: SkipRule = SkipRule(every=2), cross: SkipRule = SkipRule()):
+        """spatial: the rule for the self-attentions; cross: for the caption cross-attentions.
+        The defaults are diffusers' (PyramidAttentionBroadcastConfig() on Allegro: spatial every 2nd call,
+        cross-attention off, both in timesteps 100..800)."""
+        self.rules = {False: spatial, True: cross}
+        self.streams = {}           # (stream, block index, cross) → {"count": calls so far, "output": last}
+        self.current = (None, 0.0)  # (stream, timestep) of the call being run
+        self.block = None
+        self.computed = self.skipped = 0
+
+    def position(self, call: BlocksInput) -> tuple:
+        """(stream key, timestep 0..1000) of this call; by default from the call's options
+        {"cache_key": …, "timestep": …}. A host subclass reads its own."""
+        options = call.options or {}
+        if options.get("timestep") is None:
+            raise ValueError("Allegro PAB needs the call's timestep: pass options={'timestep': t} with the wrappers")
+        return options.get("cache_key"), float(options["timestep"])
+
+    def reset(self):
+        self.streams.clear()
+        self.computed = self.skipped = 0
+
+    def wrap_blocks(self, run, call: BlocksInput):
+        self.current = self.position(call)
+        return run(call)
+
+    def wrap_block(self, run, block: BlockInput):
+        self.block = block.index
+        return run(block)
+
+    def wrap_attention(self, run, q, k, v, mask, cross: bool):
+        rule = self.rules[cross]
+        if rule.every == 1:                  # off: keep no output (a full-size one is ~0.7 GB per attention)
+            self.computed += 1
+            return run(q, k, v, mask)
+        stream, timestep = self.current
+        state = self.streams.setdefault((stream, self.block, cross), {"count": 0, "output": None})
+        cached = state["output"]
+        reusable = cached is not None and cached.shape[:-1] == q.shape[:-1] and cached.shape[-1] == v.shape[-1]
+        if reusable and not rule.computes(state["count"], timestep):
+            output = cached
+            self.skipped += 1
+        else:
+            output = run(q, k, v, mask)
+            self.computed += 1
+        state["output"], state["count"] = output, state["count"] + 1
+        return output
