@@ -22,7 +22,7 @@ from allegro.config import TransformerConfig
 from allegro_devtools.random_models import SIZES
 from bench import common
 from bench.bench_gpu import LATENT, attention_product_flops, flops_per_step
-from bench.bench_sampler import CFG, NEGATIVE, PROMPT, SCHEDULER, SEED
+from bench.bench_sampler import CFG, SEED
 from bench.bench_step_cache import psnr
 from bench.bench_vae_decode import parse_size
 from bench.timing import alternate, markdown_table, median, report
@@ -88,21 +88,8 @@ def main():
     parser.add_argument("--markdown", help="also write the report here")
     args = parser.parse_args()
 
-    folder = common.write_pipeline(args.size, Path(args.out_dir))
-    runtime = common.boot_comfy(Path(args.out_dir))
-    choice = "diffusers/" + folder.name
-    t5, = runtime.call("AllegroVideo_T5Loader", text_encoder=choice, dtype="fp32")
-    positive, negative = runtime.call("AllegroVideo_TextEncode", clip=t5, prompt=PROMPT, negative_prompt=NEGATIVE,
-                                      use_template=False, clean_caption=False)
-    model, = runtime.call("AllegroVideo_ModelLoader", model_name=choice, weight_dtype="fp32")
-    vae, = runtime.call("AllegroVideo_VAELoader", vae_name=choice, dtype="fp32")
-    frames, height, width = args.video
-    latent, = runtime.call("AllegroVideo_EmptyLatentVideo", width=width, height=height, length=frames, batch_size=1)
-
-    def sample(patched, seed):
-        return runtime.call("AllegroVideo_Sampler", model=patched, positive=positive, negative=negative, latent=latent,
-                            seed=seed, steps=args.steps, cfg=CFG, sampler_name="euler_ancestral", scheduler=SCHEDULER,
-                            noise_stream="reference", denoise=1.0)[0]
+    setup = common.SamplingSetup(args.size, args.video, args.steps, Path(args.out_dir))
+    runtime, model, sample = setup.runtime, setup.model, setup.sample
 
     step_cache, = runtime.call("AllegroVideo_StepCache", model=model, threshold=0.1, start=0.1, end=0.9)
     pab, = runtime.call("AllegroVideo_PAB", model=model, **PAB_DEFAULTS)
@@ -132,7 +119,7 @@ def main():
 
     results = alternate({name: job(name) for name in settings}, args.reps, args.warmup)
     with torch.inference_mode():
-        frames_out = {name: runtime.call("AllegroVideo_VAEDecode", samples=out, vae=vae)[0]
+        frames_out = {name: setup.decode(out)
                       for name, out in outputs.items()}
     reference_latent, reference_frames = outputs["no cache"]["samples"], frames_out["no cache"]
     latent_peak = (reference_latent.max() - reference_latent.min()).item()

@@ -27,6 +27,36 @@ def boot_comfy(out_dir: Path = DEFAULT_OUT):
     return runtime
 
 
+class SamplingSetup:
+    """One benchmark pipeline loaded through the package's nodes, ready to sample: what the cache benchmarks
+    (bench_step_cache, bench_caches) share. `sample(model, seed)` runs the Allegro Sampler (the reference
+    sampler and noise stream) with the given, possibly patched, MODEL; `decode(latent)` gives the frames."""
+
+    def __init__(self, size: str, video: tuple[int, int, int], steps: int, out_dir: Path = DEFAULT_OUT):
+        from bench.bench_sampler import CFG, NEGATIVE, PROMPT, SCHEDULER
+        folder = write_pipeline(size, Path(out_dir))
+        self.runtime = runtime = boot_comfy(Path(out_dir))
+        choice = "diffusers/" + folder.name
+        t5, = runtime.call("AllegroVideo_T5Loader", text_encoder=choice, dtype="fp32")
+        self.positive, self.negative = runtime.call("AllegroVideo_TextEncode", clip=t5, prompt=PROMPT,
+                                                    negative_prompt=NEGATIVE, use_template=False, clean_caption=False)
+        self.model, = runtime.call("AllegroVideo_ModelLoader", model_name=choice, weight_dtype="fp32")
+        self.vae, = runtime.call("AllegroVideo_VAELoader", vae_name=choice, dtype="fp32")
+        frames, height, width = video
+        self.latent, = runtime.call("AllegroVideo_EmptyLatentVideo", width=width, height=height, length=frames,
+                                    batch_size=1)
+        self.steps, self.cfg, self.scheduler = steps, CFG, SCHEDULER
+
+    def sample(self, model, seed: int) -> dict:
+        return self.runtime.call("AllegroVideo_Sampler", model=model, positive=self.positive, negative=self.negative,
+                                 latent=self.latent, seed=seed, steps=self.steps, cfg=self.cfg,
+                                 sampler_name="euler_ancestral", scheduler=self.scheduler, noise_stream="reference",
+                                 denoise=1.0)[0]
+
+    def decode(self, latent: dict):
+        return self.runtime.call("AllegroVideo_VAEDecode", samples=latent, vae=self.vae)[0]
+
+
 def add_reduced_vae_arguments(parser):
     """The options of the VAE benchmarks that choose the reduced-channel VAE and its tiles."""
     parser.add_argument("--channels", type=lambda s: tuple(int(c) for c in s.split(",")), default=(8, 16, 32, 32),
