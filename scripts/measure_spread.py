@@ -74,7 +74,7 @@ def main(argv=None) -> int:
     results: dict = defaultdict(dict)
     settings, failed = [], []
     if args.source:
-        for record in sorted(args.source.glob("*.jsonl")):
+        for record in sorted(args.source.glob("*.jsonl"), key=lambda path: path.stat().st_mtime):   # newest bound last
             settings.append(record.stem)
             add_records(results, record.stem, read_records(record))
         return write_table(results, settings, args.out, f"records of {args.source.name}/", failed)
