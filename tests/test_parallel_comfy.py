@@ -4,7 +4,6 @@ through the Allegro sampler and the stock KSampler; bad settings are refused wit
 import os
 import re
 import signal
-import sys
 
 import numpy as np
 import pytest
@@ -14,22 +13,12 @@ from PIL import Image
 from error_matrix_support import T2V, TI2V, empty_video, t2v, ti2v
 from numerics import norm_relative, record
 
+from multi_gpu_support import parallel_module, stop_workers_afterwards  # noqa: F401 (autouse fixture)
+
 pytestmark = pytest.mark.slow
 
 TOLERANCE = 1e-5
 STEPS = 3
-
-
-def parallel_module():
-    """The package's nodes/parallel.py as ComfyUI loaded it (the custom-node package is a module of its own)."""
-    return next(module for name, module in sys.modules.items() if name.endswith(".nodes.parallel")
-                and hasattr(module, "AllegroMultiGPU"))
-
-
-@pytest.fixture(scope="module", autouse=True)
-def stop_workers_afterwards(comfy):
-    yield
-    parallel_module().shutdown()
 
 
 def with_multi_gpu(graph: dict, gpus: int, cfg_parallel: bool, devices="") -> dict:

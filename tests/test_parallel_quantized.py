@@ -2,12 +2,13 @@
 the workers build the same quantised layers rank 0 runs (GGUF Q8_0 and Q4_K, scaled fp8) from the stored bytes,
 so sequence parallel and CFG parallel give the single-process latent of the same model; a LoRA reaches them
 applied to the dequantised weight, as rank 0 applies it."""
-import sys
 
 import pytest
 import torch
 
 from allegro_devtools.graphs import t2v_graph
+
+from multi_gpu_support import parallel_module, stop_workers_afterwards  # noqa: F401 (autouse fixture)
 
 pytestmark = pytest.mark.slow
 
@@ -16,18 +17,6 @@ pytestmark = pytest.mark.slow
 # multi-GPU tests' 1e-5, for kernels that split rows differently.
 TOLERANCE = 1e-5
 STEPS = 2
-
-
-def parallel_module():
-    """The package's nodes/parallel.py as ComfyUI loaded it."""
-    return next(module for name, module in sys.modules.items() if name.endswith(".nodes.parallel")
-                and hasattr(module, "AllegroMultiGPU"))
-
-
-@pytest.fixture(scope="module", autouse=True)
-def stop_workers_afterwards(comfy):
-    yield
-    parallel_module().shutdown()
 
 
 def with_multi_gpu(graph: dict, cfg_parallel: bool) -> dict:
