@@ -9,7 +9,7 @@ Tensors are swapped through `.data`, so parameter objects (and anything holding 
 ComfyUI's model patcher) stay the same; any layer type works, quantised ones included (their
 stored bytes are what moves). It acts as a wrapper of the DiT's block stage (allegro/dit_wrappers.py):
 a model call streams only with it in the call's Wrappers. Inside ComfyUI the Allegro Block Swap node
-(nodes/block_swap.py) sets this up after ComfyUI's model management has loaded the model, on the
+(adapters/block_swap.py) sets this up after ComfyUI's model management has loaded the model, on the
 blocks ComfyUI put on the GPU as well as the ones it left offloaded.
 """
 import torch

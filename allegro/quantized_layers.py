@@ -1,6 +1,6 @@
 """Linear layers that keep a quantised weight (GGUF blocks, scaled fp8) as stored and dequantise it when they
 run, in pure PyTorch: what a multi-GPU worker computes a quantised model with, so every rank runs the very
-layers rank 0 runs (ComfyUI's own layers, nodes/quantized_ops.py, share the storage rules below).
+layers rank 0 runs (ComfyUI's own layers, adapters/quantized_ops.py, share the storage rules below).
 
 - `QuantizedStorage`: the storage rules, a mixin for a Linear: `weight` holds the stored bytes (uint8 GGML
   blocks or float8 values, `weight_format` names the format, None for a plain weight), `scale_weight` the

@@ -19,7 +19,7 @@ Tiles are decoded one at a time and added into the output, so memory is one tile
 plus the output itself, whatever the video length.
 """
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable
 
 import torch
@@ -45,26 +45,51 @@ class TileSettings:
         t, h, w = config.tile_overlap
         return cls(config.tile_frames, config.sample_size, config.sample_size, t, h, w)
 
+    def _axes(self, config: VAEConfig):
+        """(name, tile size, overlap, latent unit) for frames, height and width."""
+        temporal, spatial = config.temporal_factor, config.spatial_factor
+        return (("frames", self.frames, self.overlap_frames, temporal),
+                ("height", self.height, self.overlap_height, spatial),
+                ("width", self.width, self.overlap_width, spatial))
+
+    @staticmethod
+    def largest_overlap(size: int, unit: int) -> int:
+        """The tile rule: an overlap is whole latent units and smaller than its tile (size - unit at most)."""
+        return max(size - unit, 0)
+
     def validate(self, config: VAEConfig) -> "TileSettings":
         """Raise ValueError naming the setting and its allowed values (whole latent units, overlap
         smaller than the tile); return self."""
-        temporal, spatial = config.temporal_factor, config.spatial_factor
-        for name, size, overlap, factor in (("frames", self.frames, self.overlap_frames, temporal),
-                                            ("height", self.height, self.overlap_height, spatial),
-                                            ("width", self.width, self.overlap_width, spatial)):
-            unit = "frames" if name == "frames" else "pixels"
-            if size < factor or size % factor:
-                raise ValueError(f"tile {name} must be a positive multiple of {factor} {unit}, got {size}")
-            if overlap < 0 or overlap % factor or overlap >= size:
-                raise ValueError(f"tile overlap in {name} must be a multiple of {factor} {unit} from 0 to "
-                                 f"{size - factor} (less than the tile), got {overlap}")
+        for name, size, overlap, unit in self._axes(config):
+            word = "frames" if name == "frames" else "pixels"
+            if size < unit or size % unit:
+                raise ValueError(f"tile {name} must be a positive multiple of {unit} {word}, got {size}")
+            if overlap < 0 or overlap % unit or overlap > self.largest_overlap(size, unit):
+                raise ValueError(f"tile overlap in {name} must be a multiple of {unit} {word} from 0 to "
+                                 f"{self.largest_overlap(size, unit)} (less than the tile), got {overlap}")
         return self
+
+    def fitted(self, config: VAEConfig) -> "TileSettings":
+        """These tiles with each overlap rounded down to whole latent units and cut below its tile (for
+        settings made from others, e.g. smaller tiles keeping the VAE's own overlaps)."""
+        return replace(self, **{f"overlap_{name}": min(overlap // unit * unit, self.largest_overlap(size, unit))
+                                for name, size, overlap, unit in self._axes(config)})
+
+    def halved(self, config: VAEConfig) -> "TileSettings | None":
+        """Tiles of half the rows and columns (whole latent pixels, at least 8 a side) and half the
+        overlaps; None once the tile is down to 8 latent pixels a side (what an out-of-memory retry uses)."""
+        unit = config.spatial_factor
+        smallest = 8 * unit
+        if self.height <= smallest and self.width <= smallest:
+            return None
+        return replace(self, height=max(smallest, self.height // (2 * unit) * unit),
+                       width=max(smallest, self.width // (2 * unit) * unit),
+                       overlap_height=self.overlap_height // 2, overlap_width=self.overlap_width // 2).fitted(config)
 
     def in_latent_units(self, config: VAEConfig):
         """((tile t, h, w), (overlap t, h, w)) in latent units."""
-        temporal, spatial = config.temporal_factor, config.spatial_factor
-        return ((self.frames // temporal, self.height // spatial, self.width // spatial),
-                (self.overlap_frames // temporal, self.overlap_height // spatial, self.overlap_width // spatial))
+        axes = self._axes(config)
+        return tuple(size // unit for _, size, _, unit in axes), tuple(overlap // unit for _, _, overlap, unit in axes)
 
 
 def axis_tiles(size: int, tile: int, overlap: int, spread: bool = False) -> list[tuple[int, int]]:

@@ -42,10 +42,10 @@ COMBINATIONS = (
 # (weights, features, mode); None for the mode means both modes.
 EXCEPTIONS: dict[tuple[str, tuple[str, ...], str | None], str] = {
     # Known limitation: SkipLayerGuidanceDiT adds its block patch only to its own extra guidance call, so the
-    # check before sampling (nodes/dit_seam.py, ON_PRE_RUN) cannot see it; the refusal comes at that call.
+    # check before sampling (adapters/dit_seam.py, ON_PRE_RUN) cannot see it; the refusal comes at that call.
     ("fp32", ("multigpu_seq2", "slg"), None):
         "refused during step 1: cannot run on the 'Allegro Multi-GPU' rank group",
-    # PAB's attention skips would run on rank 0 only (nodes/dit_seam.py's check before sampling refuses it).
+    # PAB's attention skips would run on rank 0 only (adapters/dit_seam.py's check before sampling refuses it).
     ("fp32", ("multigpu_seq2", "pab"), None): "refused: Allegro PAB cannot run on the 'Allegro Multi-GPU' rank group",
 }
 

@@ -13,7 +13,7 @@ from .block_swap import AllegroBlockSwap
 from .latent import AllegroEmptyLatentVideo
 from .loaders import AllegroModelLoader, AllegroT5Loader, AllegroVAELoader
 from .lora import AllegroLoraLoader
-from .previews import keep_runtime_preview_setting
+from ..adapters.previews import keep_runtime_preview_setting
 from .pab import AllegroPAB
 from .parallel import AllegroMultiGPU
 from .perflow import AllegroPeRFlowSampler
@@ -84,5 +84,5 @@ class AllegroExtension(ComfyExtension):
 
 
 async def comfy_entrypoint() -> AllegroExtension:
-    keep_runtime_preview_setting()             # previews: see nodes/previews.py
+    keep_runtime_preview_setting()             # previews: see adapters/previews.py
     return AllegroExtension()

@@ -1,81 +1,18 @@
 """Allegro Block Swap: keep N of the DiT's blocks on the GPU and stream the others in per model
-call, one or more blocks ahead (allegro/block_swap.py), so the full-size video samples on small GPUs.
-
-It works with ComfyUI's model management rather than around it: ComfyUI loads the model as usual
-(fully, or partially with --lowvram / when memory is short); after every load the node's callback
-moves the streamed blocks' tensors (GGUF bytes, fp8, bf16: whatever the layers store) to the
-offload device and sets up the prefetching, marks their layers as cast-on-the-fly as
-ComfyUI's own partial loading does, and tells the model patcher how much of the model is really
-on the GPU. When ComfyUI unloads the model the swap goes. At sampling time the controller, a wrapper of the
-DiT's block stage in transformer_options (allegro/dit_wrappers.py), brings each streamed block in and out. The estimate of the VRAM this needs is
-in the node's text output and the log (allegro/memory_plan.py: computed, not measured)."""
+call, one or more blocks ahead (allegro/block_swap.py; adapters/block_swap.py fits it to ComfyUI's model
+management), so the full-size video samples on small GPUs. The estimate of the VRAM this needs is in the
+node's text output and the log (allegro/memory_plan.py: computed, not measured)."""
 import logging
 
-import torch
 from comfy_api.v0_0_2 import io, ui
 
-import comfy.model_management
-import comfy.patcher_extension
-
-from ..allegro.block_swap import BlockSwap, tensor_bytes
-from ..allegro.dit_wrappers import INNER, BlockInput, DiTWrapper
+from ..allegro.block_swap import tensor_bytes
 from ..allegro.memory_plan import describe_swap
-from . import checks
+from ..adapters import checks
+from ..adapters.block_swap import with_block_swap
 
 CATEGORY = "Allegro/loaders"
-CALLBACK_KEY = "allegro_block_swap"
 MAX_RESIDENT, MAX_PREFETCH = 64, 4          # widget limits: blocks kept on the GPU, blocks copied ahead
-
-
-def device_bytes(module: torch.nn.Module, device: torch.device) -> int:
-    return sum(t.nbytes for t in list(module.parameters()) + list(module.buffers()) if t.device == device)
-
-
-class SwapController(DiTWrapper):
-    """What the node leaves on the model patcher: sets the swap up after each load, removes it on unload, and
-    streams the blocks while the model runs."""
-    name = BlockSwap.name
-    order = BlockSwap.order
-    changes_output = False
-
-    def __init__(self, resident: int, prefetch: int):
-        self.resident, self.prefetch = resident, prefetch
-        self.swap: BlockSwap | None = None
-
-    def __deepcopy__(self, memo):           # one controller for the patcher's callbacks and its transformer_options
-        return self
-
-    def wrap_block(self, run, block: BlockInput):
-        return run(block) if self.swap is None else self.swap.wrap_block(run, block)
-
-    def on_load(self, patcher, device_to=None, lowvram_model_memory=0, force_patch_weights=False, full_load=False):
-        self.remove()
-        device = torch.device(device_to) if device_to is not None else torch.device(patcher.load_device)
-        diffusion_model = patcher.model.diffusion_model
-        # Resident blocks stay where ComfyUI put them (on the GPU, or partially offloaded if memory was short).
-        self.swap = BlockSwap(diffusion_model, self.resident, device, host=patcher.offload_device,
-                              prefetch=self.prefetch, move_resident=False)
-        for index in self.swap.streamed:
-            for module in diffusion_model.transformer_blocks[index].modules():
-                if hasattr(module, "comfy_cast_weights") and not hasattr(module, "prev_comfy_cast_weights"):
-                    module.prev_comfy_cast_weights = module.comfy_cast_weights
-                    module.comfy_cast_weights = True
-        model = patcher.model
-        model.model_lowvram = True              # ComfyUI restores the layers' cast flags when it unloads the model
-        model.model_loaded_weight_memory = device_bytes(model, device)
-        if device.type == "cuda":
-            comfy.model_management.soft_empty_cache()
-        logging.info("Allegro Block Swap: %d of %d blocks resident on %s, %d streamed (prefetch %d); %.2f GB of the "
-                     "model on the device", len(self.swap.blocks) - len(self.swap.streamed), len(self.swap.blocks),
-                     device, len(self.swap.streamed), self.prefetch, model.model_loaded_weight_memory / 1e9)
-
-    def on_detach(self, patcher=None, unpatch_all=True):
-        self.remove()
-
-    def remove(self):
-        if self.swap is not None:
-            self.swap.remove()
-            self.swap = None
 
 
 class AllegroBlockSwap(io.ComfyNode):
@@ -115,12 +52,5 @@ class AllegroBlockSwap(io.ComfyNode):
         outside = tensor_bytes(diffusion_model) - sum(tensor_bytes(block) for block in blocks)
         text = describe_swap(block_bytes, outside, len(blocks), resident_blocks, prefetch, config=config)
         logging.info(text)
-        patched = model.clone()
-        controller = SwapController(min(resident_blocks, len(blocks)), prefetch)
-        options = patched.model_options.get("transformer_options", {})
-        patched.model_options["transformer_options"] = {**options, CALLBACK_KEY: controller}
-        for call_type, callback in ((comfy.patcher_extension.CallbacksMP.ON_LOAD, controller.on_load),
-                                    (comfy.patcher_extension.CallbacksMP.ON_DETACH, controller.on_detach)):
-            patched.remove_callbacks_with_key(call_type, CALLBACK_KEY)     # a second Block Swap node replaces the first
-            patched.add_callback_with_key(call_type, CALLBACK_KEY, callback)
+        patched = with_block_swap(model, min(resident_blocks, len(blocks)), prefetch)
         return io.NodeOutput(patched, text, ui=ui.PreviewText(text))

@@ -4,7 +4,7 @@
 from comfy_api.v0_0_2 import io
 
 from ..allegro.clips import JOIN_MODES, join_clips
-from . import checks
+from ..adapters import checks
 
 
 class AllegroJoinClips(io.ComfyNode):

@@ -6,8 +6,8 @@ import comfy.model_management
 
 from ..allegro.config import LATENT_CHANNELS
 from ..allegro.geometry import check_video_size
-from . import video_latent
-from .memory import check_fits_in_memory
+from ..adapters import video_latent
+from ..adapters.memory import check_fits_in_memory
 
 CATEGORY = "Allegro/latent"
 

@@ -5,8 +5,9 @@ from comfy_api.v0_0_2 import io
 
 from ..allegro.dit_wrappers import BlocksInput
 from ..allegro.pab import DEFAULT_TIMESTEPS, PyramidAttentionBroadcast, SkipRule
-from . import checks
-from .step_cache import CATEGORY, cfg_stream
+from ..adapters import checks
+from ..adapters.step_cache import cfg_stream
+from .step_cache import CATEGORY
 
 NODE = "Allegro PAB"
 OPTION = "allegro_pab"

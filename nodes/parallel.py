@@ -27,7 +27,7 @@ from ..allegro.parallel_weights import Computed
 from ..allegro.quantization import QuantizedWeight
 from ..allegro.quantized_layers import stored_weights
 from ..allegro.quoting import quote
-from . import checks
+from ..adapters import checks
 
 CATEGORY = "Allegro/sampling"
 OPTION = "allegro_parallel"

@@ -3,9 +3,8 @@ since the last full step (TeaCache's criterion), reusing that step's block outpu
 node is in the graph; works with the Allegro sampler and the stock KSampler alike."""
 from comfy_api.v0_0_2 import io
 
-from ..allegro.dit_wrappers import BlocksInput
-from ..allegro.step_cache import StepCache
-from . import checks
+from ..adapters import checks
+from ..adapters.step_cache import SamplerStepCache
 
 CATEGORY = "Allegro/sampling"
 OPTION = "allegro_step_cache"
@@ -48,24 +47,3 @@ class AllegroStepCache(io.ComfyNode):
         return io.NodeOutput(patched)
 
 
-class SamplerStepCache(StepCache):
-    """The step cache in ComfyUI: the stream is the CFG batch layout (cond_or_uncond), the progress the
-    step's place among the sampler's sigmas; the first step of a run starts afresh."""
-
-    def position(self, call: BlocksInput) -> tuple:
-        options = call.options or {}
-        sigmas, sigma = options.get("sample_sigmas"), options.get("sigmas")
-        progress = 0.0
-        if sigmas is not None and sigma is not None and len(sigmas) > 1:
-            current = float(sigma.flatten()[0])
-            steps = [float(s) for s in sigmas[:-1]]
-            index = min(range(len(steps)), key=lambda i: abs(steps[i] - current))
-            if index == 0:
-                self.reset()          # a new sampling run starts
-            progress = index / max(1, len(steps) - 1)
-        return cfg_stream(options), progress
-
-
-def cfg_stream(options: dict) -> tuple:
-    """Which CFG batch layout a call is (e.g. (0, 1): cond and uncond together): each keeps its own cache."""
-    return tuple(options.get("cond_or_uncond", ()))

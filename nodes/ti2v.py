@@ -8,18 +8,16 @@ import torch
 from comfy_api.v0_0_2 import io
 
 import comfy.model_management
-import node_helpers
 
 from ..allegro.config import LATENT_CHANNELS
 from ..allegro.geometry import check_video_size, decoded_frames
 from ..allegro.ti2v import RESIZE_MODES, conditioning_indices, frame_mask, prepare_image
-from . import checks, video_latent
+from ..adapters import checks, video_latent
+from ..adapters.conditioning import with_image_frames
+from ..adapters.memory import check_fits_in_memory
 from .latent import size_inputs
-from .memory import check_fits_in_memory
 
 CATEGORY = "Allegro/conditioning"
-# Conditioning keys the model's concat_cond reads (comfy_model.AllegroBaseModel).
-MASKED_VIDEO, FRAME_MASK, LATENT_SCALE_KEY = "allegro_masked_video", "allegro_frame_mask", "allegro_latent_scale"
 RESIZE_TOOLTIP = ("How an image whose aspect differs from the video's becomes a frame. crop (the reference): centre "
                   "crop to the video's aspect, then resize. pad: the whole image, resized to fit, with black bars "
                   "(the video keeps them). stretch: resized to the video's size, distorted.")
@@ -63,9 +61,7 @@ def image_conditioning(positive, negative, vae, frames: dict[int, torch.Tensor],
     # `length` frames, the 4k + 1 lengths' extra decoded frames are never given.
     masked_video = vae.encode_conditioning_frames(prepared, decoded_frames(latent_size[0]), height, width)
     mask = frame_mask(sorted(prepared), latent_size, device=masked_video.device)
-    values = {MASKED_VIDEO: masked_video, FRAME_MASK: mask, LATENT_SCALE_KEY: vae.config.scaling_factor}
-    positive = node_helpers.conditioning_set_values(positive, values)
-    negative = node_helpers.conditioning_set_values(negative, values)
+    positive, negative = with_image_frames(positive, negative, masked_video, mask, vae.config.scaling_factor)
     latent = torch.zeros([1, LATENT_CHANNELS, *latent_size], device=comfy.model_management.intermediate_device())
     return io.NodeOutput(positive, negative, video_latent.make(latent, length))
 

@@ -8,7 +8,7 @@ from comfy_api.v0_0_2 import io
 
 from ..allegro.ti2v import continuation_frames, parse_frame_indices, resolve_frame_indices
 from ..allegro.quoting import quote
-from . import checks
+from ..adapters import checks
 from .latent import size_inputs
 from .ti2v import CATEGORY, image_conditioning, resize_input, single_image, ti2v_outputs
 

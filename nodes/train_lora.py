@@ -19,7 +19,7 @@ from ..allegro import training
 from ..allegro.checkpoints import read_safetensors
 from ..allegro.geometry import decoded_frames
 from ..allegro.ti2v import frame_mask
-from . import checks, sources
+from ..adapters import checks, sources
 from .training_set import CATEGORY, TRAINING_SET, caption_of, checked_set
 
 NODE = "Allegro Train LoRA"

@@ -31,8 +31,8 @@ import folder_paths
 from ..allegro import confinement, video_dataset
 from ..allegro.quoting import quote
 from ..allegro.video_decode import VideoUnreadable, count_frames, read_frames
-from . import checks
-from .text_encode import encode_reporting
+from ..adapters import checks
+from ..adapters.text_encoding import encode_reporting
 from .training_set import CATEGORY, TRAINING_SET, caption_of, check_clip_shape, make_clip
 
 LIST_SUFFIXES = (".jsonl", ".parquet")

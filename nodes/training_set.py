@@ -9,7 +9,7 @@ from comfy_api.v0_0_2 import io
 
 from ..allegro.config import TEMPORAL_FACTOR
 from ..allegro.quoting import quote
-from . import checks
+from ..adapters import checks
 
 CATEGORY = "Allegro/training"
 NODE = "Allegro Training Clip"

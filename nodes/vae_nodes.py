@@ -11,8 +11,9 @@ from ..allegro.config import FRAME_RATE, TEMPORAL_FACTOR
 from ..allegro.geometry import VideoSize
 from ..allegro.quoting import quote
 from ..allegro.vae_tiling import TileSettings
-from . import checks, comfy_vae, video_latent
-from .memory import check_fits_in_memory
+from ..adapters import checks, video_latent
+from ..adapters.vae import auto_tiles
+from ..adapters.memory import check_fits_in_memory
 
 CATEGORY = "Allegro/vae"
 OWN_SIZE, OWN_OVERLAP = 0, -1          # widget values meaning "the VAE's own setting"
@@ -48,15 +49,10 @@ def tiles_for(vae, tile_frames=OWN_SIZE, tile_size=OWN_SIZE, overlap_frames=OWN_
               overlap_height=OWN_OVERLAP, overlap_width=OWN_OVERLAP) -> TileSettings:
     """The VAE's own tiles with each widget that is set in place of its setting (checked when used).
     An overlap left at the VAE's own is kept below a smaller tile the user chose."""
-    own, config = vae.default_tiles, vae.config
     sizes = {"frames": tile_frames, "height": tile_size, "width": tile_size}
-    tiles = replace(own, **{name: value for name, value in sizes.items() if value != OWN_SIZE})
-    overlaps = {}
-    for name, size, unit, value in (("overlap_frames", tiles.frames, config.temporal_factor, overlap_frames),
-                                    ("overlap_height", tiles.height, config.spatial_factor, overlap_height),
-                                    ("overlap_width", tiles.width, config.spatial_factor, overlap_width)):
-        overlaps[name] = min(getattr(own, name), max(size - unit, 0)) if value == OWN_OVERLAP else value
-    return replace(tiles, **overlaps)
+    overlaps = {"overlap_frames": overlap_frames, "overlap_height": overlap_height, "overlap_width": overlap_width}
+    tiles = replace(vae.default_tiles, **{name: value for name, value in sizes.items() if value != OWN_SIZE})
+    return replace(tiles.fitted(vae.config), **{name: value for name, value in overlaps.items() if value != OWN_OVERLAP})
 
 
 # --- finite checks (numbers in, tensors out) -------------------------------------------------------
@@ -128,7 +124,7 @@ class AllegroVAEDecode(io.ComfyNode):
                              f"{', '.join(TILINGS)}.")
         settings = tiles_for(vae, **tiles)
         if tiling == "auto":
-            settings = comfy_vae.auto_tiles(vae, latent, overlap=settings)
+            settings = auto_tiles(vae, latent, overlap=settings)
         frames = vae.decode_frames(latent, settings)                                 # [B, 4T', H, W, 3]
         check_vae_output(vae, frames, "decoded frames", latent)
         frames = frames[:, :video_latent.video_frames(samples)]

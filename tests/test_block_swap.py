@@ -125,7 +125,7 @@ def test_the_streamed_blocks_really_run_on_copies_brought_in_for_each_call(comfy
     graph, whether its weights are the host's tensors or a copy fetched for that call, and counts the fetches."""
     import sys
     from allegro_devtools.graphs import run_t2v, t2v_graph
-    node_module = next(module for name, module in sys.modules.items() if name.endswith(".nodes.block_swap"))
+    node_module = next(module for name, module in sys.modules.items() if name.endswith(".adapters.block_swap"))
     swap_class, swaps, runs = node_module.BlockSwap, [], []
     original_init = swap_class.__init__
 

@@ -1,7 +1,7 @@
 """The package keeps up with ComfyUI APIs newer than 0.3.75 by feature detection. Each path runs here:
 on the running ComfyUI as it is, and where a code path exists only in newer releases, by calling the
 package the way those releases do (their constructor defaults, their keywords, their factory calls,
-their patcher class), as read from their sources (nodes/comfy_compat.py)."""
+their patcher class), as read from their sources (adapters/compat.py)."""
 import pytest
 import torch
 from numerics import assert_relative
@@ -126,7 +126,7 @@ def test_models_use_the_core_patcher_class_and_load_weights_for_it(comfy, tiny_m
 def test_dynamic_patchers_keep_the_state_dicts_tensors(comfy, tiny_models):
     from comfy import model_patcher
     from importlib import import_module
-    compat = import_module(type(load_vae(comfy)).__module__.rsplit(".", 1)[0] + ".comfy_compat")
+    compat = import_module(type(load_vae(comfy)).__module__.rsplit(".", 1)[0] + ".compat")
     weights = {"weight": torch.randn(3, 2), "bias": torch.randn(3)}
     for patcher_class, shared in ((fake_dynamic_patcher(), True), (model_patcher.ModelPatcher, False)):
         module = torch.nn.Linear(2, 3)

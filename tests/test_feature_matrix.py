@@ -110,7 +110,7 @@ class Matrix:
             self.block_passes += 1
             return run_blocks(model, *args, **kwargs)
         monkeypatch.setattr(dit_class, "run_blocks", counting)
-        swap_class = package_module(".nodes.block_swap", "BlockSwap").BlockSwap
+        swap_class = package_module(".adapters.block_swap", "BlockSwap").BlockSwap
         swap_init = swap_class.__init__
 
         def capturing(swap, *args, **kwargs):

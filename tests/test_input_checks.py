@@ -245,7 +245,7 @@ def test_the_frames_preflight_uses_free_ram_not_total(comfy, free_ram):
 @pytest.mark.slow
 def test_the_sampling_preflight_counts_tokens_cfg_and_the_attention_in_use(comfy, free_ram, monkeypatch):
     import comfy.ldm.modules.attention as attention
-    memory = package_module("nodes.memory")
+    memory = package_module("adapters.memory")
     model = comfy.call("AllegroVideo_ModelLoader", model_name="diffusers/Allegro-tiny", weight_dtype="fp32")[0]
     release_latent = (1, 4, 22, 90, 160)                   # 88 x 720 x 1280: 79,200 tokens
     free_ram(8)
@@ -270,7 +270,7 @@ def test_the_sampling_preflight_counts_tokens_cfg_and_the_attention_in_use(comfy
 @pytest.mark.slow
 def test_gpu_memory_counts_free_vram_and_models_comfy_can_unload(comfy, monkeypatch):
     import comfy.model_management as mm
-    memory = package_module("nodes.memory")
+    memory = package_module("adapters.memory")
     gpu, other = torch.device("cuda", 0), torch.device("cuda", 1)
 
     class Loaded:
@@ -296,7 +296,7 @@ def test_gpu_memory_counts_free_vram_and_models_comfy_can_unload(comfy, monkeypa
     ("x" * 5000 + ".safetensors", "is not a file in ComfyUI's model folders"),
 ])
 def test_names_that_leave_the_model_folders_are_refused_before_the_disk_is_read(comfy, name, says):
-    sources = package_module("nodes.sources")
+    sources = package_module("adapters.sources")
     with pytest.raises((ValueError, FileNotFoundError)) as error:
         sources.resolve(name, "diffusion_models")
     assert says in str(error.value)
@@ -307,7 +307,7 @@ def test_a_models_folder_registered_through_a_link_is_inside(comfy, tmp_path, ti
     """As extra_model_paths.yaml registers it: a folder elsewhere, here reached through a link."""
     import shutil
     import folder_paths
-    sources = package_module("nodes.sources")
+    sources = package_module("adapters.sources")
     elsewhere = tmp_path / "big_disk" / "diffusion_models"
     elsewhere.mkdir(parents=True)
     shutil.copy2(tiny_models["t2v_file"], elsewhere / "extra_dit.safetensors")

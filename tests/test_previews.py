@@ -1,7 +1,7 @@
 """Latent previews follow the preview setting on every ComfyUI: one made at run time (as ComfyUI-Manager's
 preview setting writes args.preview_method) lasts until it is changed, and, where ComfyUI takes a
 per-prompt choice (0.8+: the front-end's "Preview method" in extra_data), that choice applies to its
-prompt only. The Allegro Sampler and core KSampler on the Allegro model preview alike (nodes/previews.py)."""
+prompt only. The Allegro Sampler and core KSampler on the Allegro model preview alike (adapters/previews.py)."""
 import pytest
 
 pytestmark = pytest.mark.slow

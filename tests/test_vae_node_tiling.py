@@ -16,9 +16,9 @@ FRAMES, HEIGHT, WIDTH = 24, 240, 320          # latent 6 x 30 x 40
 
 @pytest.fixture
 def decode_spy(comfy, monkeypatch):
-    """The tiles every tiled decode of the package runs with, and the node modules."""
-    nodes = sys.modules[comfy.node_types[DECODE].__module__]
-    comfy_vae = nodes.comfy_vae
+    """The tiles every tiled decode of the package runs with, and the VAE adapter module (adapters/vae.py)."""
+    node_module = sys.modules[comfy.node_types[DECODE].__module__]
+    comfy_vae = sys.modules[node_module.__name__.rsplit(".", 2)[0] + ".adapters.vae"]
     used, original = [], comfy_vae.tiled_decode
 
     def spy(vae, latent, tiles, *args, **kwargs):

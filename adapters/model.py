@@ -6,7 +6,7 @@ The DiT's forward opens to core patches the way core's own DiTs do (comfy/ldm/wa
 the DIFFUSION_MODEL wrappers (EasyCache skips steps there), hands transformer_options to ComfyUI's
 attention (per-model attention overrides), and runs patches_replace["dit"][("double_block", i)] in
 place of block i (SkipLayerGuidanceDiT and other block patches). The package's own features reach the
-DiT the same way, as wrappers in transformer_options (nodes/dit_seam.py); this module names none."""
+DiT the same way, as wrappers in transformer_options (adapters/dit_seam.py); this module names none."""
 import logging
 
 import torch
@@ -27,8 +27,8 @@ from ..allegro.config import (LATENT_CHANNELS, LATENT_SCALE, SPATIAL_FACTOR, TEM
 from ..allegro.quantization import QuantizedWeight
 from ..allegro.schedule import sigma_at, timestep_at, training_sigmas
 from ..allegro.transformer import AllegroTransformer3D
-from . import comfy_compat, dit_seam, model_size, quantized_ops
-from .ti2v import FRAME_MASK, LATENT_SCALE_KEY, MASKED_VIDEO
+from . import compat, dit_seam, model_size, quantized_ops
+from .conditioning import FRAME_MASK, LATENT_SCALE_KEY, MASKED_VIDEO
 
 
 class AllegroLatentFormat(comfy.latent_formats.LatentFormat):
@@ -199,16 +199,16 @@ def build_model(config: TransformerConfig, state_dict: dict, weight_dtype=None, 
                                                          supported_dtypes=model_config.supported_inference_dtypes)
     manual_cast_dtype = comfy.model_management.unet_manual_cast(weight_dtype, load_device,
                                                                 model_config.supported_inference_dtypes)
-    comfy_compat.set_inference_dtype(model_config, weight_dtype, manual_cast_dtype, load_device)
+    compat.set_inference_dtype(model_config, weight_dtype, manual_cast_dtype, load_device)
     model = model_config.get_model(state_dict, device=offload_device)
     # As core loaders: the patcher first, then the weights, loaded the way that patcher needs them.
     if quantized:
         patcher = quantized_ops.new_patcher(model, load_device, offload_device, disable_dynamic)
     else:
-        patcher = comfy_compat.patcher_class(disable_dynamic)(model, load_device=load_device,
+        patcher = compat.patcher_class(disable_dynamic)(model, load_device=load_device,
                                                               offload_device=offload_device)
     dit_seam.install_check(patcher)
-    missing, unexpected = comfy_compat.load_weights(model.diffusion_model, state_dict, patcher)
+    missing, unexpected = compat.load_weights(model.diffusion_model, state_dict, patcher)
     if missing or unexpected:
         raise ValueError(f"The weights do not match the model config: missing {missing[:8]}, unexpected {unexpected[:8]}")
     logging.info("Allegro %s DiT: %.2fB parameters, weights %s, compute %s, latent scale %g",

@@ -15,7 +15,7 @@ from ..allegro.config import RELEASE_VAE, VAEConfig
 from ..allegro.vae import AllegroVAE
 from ..allegro import vae_tiling
 from ..allegro.vae_tiling import TileSettings, encode_conditioning_video, tiled_decode, tiled_encode
-from . import comfy_compat
+from . import compat
 
 LIVE_ACTIVATIONS = 5       # activation-sized tensors alive at once in a tile's full-resolution stage
 
@@ -55,8 +55,8 @@ class AllegroComfyVAE(comfy.sd.VAE):
         self.device = mm.vae_device()
         self.vae_dtype = dtype
         self.output_device = mm.intermediate_device()
-        comfy_compat.archive_dtypes(model)
-        patcher_class = comfy_compat.patcher_class(disable_dynamic or self.disable_offload)
+        compat.archive_dtypes(model)
+        patcher_class = compat.patcher_class(disable_dynamic or self.disable_offload)
         self.patcher = patcher_class(model, load_device=self.device, offload_device=mm.vae_offload_device())
         self.latent_channels, self.latent_dim, self.output_channels = self.config.latent_channels, 3, 3
         t, s = self.config.temporal_factor, self.config.spatial_factor
@@ -84,7 +84,7 @@ class AllegroComfyVAE(comfy.sd.VAE):
             try:
                 return work(tiles, progress, mm.throw_exception_if_processing_interrupted)
             except mm.OOM_EXCEPTION:
-                smaller = smaller_tiles(tiles, self.config)
+                smaller = tiles.halved(self.config)
                 if smaller is None:
                     raise
             mm.soft_empty_cache()
@@ -146,31 +146,13 @@ class AllegroComfyVAE(comfy.sd.VAE):
 
 
 def comfy_tiles(default: TileSettings, config: VAEConfig, tile_x, tile_y, overlap, tile_t, overlap_t) -> TileSettings:
-    """Core 'VAE Decode (Tiled)' settings (latent units) as TileSettings (pixels and frames)."""
+    """Core 'VAE Decode (Tiled)' settings (latent units) as TileSettings (pixels and frames), each one left
+    out kept at `default`'s; overlaps cut below their tiles (TileSettings.fitted)."""
     t, s = config.temporal_factor, config.spatial_factor
-    tiles = default
-    if tile_x is not None:
-        tiles = replace(tiles, width=tile_x * s, height=(tile_y or tile_x) * s)
-    if overlap is not None:
-        tiles = replace(tiles, overlap_height=min(overlap * s, tiles.height - s), overlap_width=min(overlap * s, tiles.width - s))
-    if tile_t is not None:
-        tiles = replace(tiles, frames=tile_t * t)
-    if overlap_t is not None:
-        tiles = replace(tiles, overlap_frames=min(overlap_t * t, tiles.frames - t))
-    return tiles
-
-
-def smaller_tiles(tiles: TileSettings, config: VAEConfig) -> TileSettings | None:
-    """Halve the tile's rows and columns (whole latent pixels, overlaps below the tile); None once
-    the tile is down to 8 latent pixels a side."""
-    unit = config.spatial_factor
-    smallest = 8 * unit
-    if tiles.height <= smallest and tiles.width <= smallest:
-        return None
-    height, width = max(smallest, tiles.height // (2 * unit) * unit), max(smallest, tiles.width // (2 * unit) * unit)
-    return replace(tiles, height=height, width=width,
-                   overlap_height=min(tiles.overlap_height // 2 // unit * unit, height - unit),
-                   overlap_width=min(tiles.overlap_width // 2 // unit * unit, width - unit))
+    given = {"width": tile_x and tile_x * s, "height": (tile_y or tile_x) and (tile_y or tile_x) * s,
+             "overlap_height": overlap and overlap * s, "overlap_width": overlap and overlap * s,
+             "frames": tile_t and tile_t * t, "overlap_frames": overlap_t and overlap_t * t}
+    return replace(default, **{name: value for name, value in given.items() if value is not None}).fitted(config)
 
 
 def build_vae(config: VAEConfig, state_dict: dict, dtype: torch.dtype, disable_dynamic: bool = False) -> AllegroComfyVAE:

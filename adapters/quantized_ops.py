@@ -31,7 +31,7 @@ import comfy.utils
 
 from ..allegro.quantization import FP8_DTYPE, FP8_MAX, FP8_SCALED, dequantize
 from ..allegro.quantized_layers import QuantizedStorage
-from . import comfy_compat
+from . import compat
 
 # The shape of ModelPatcher.backup entries (core builds the same namedtuple where it backs weights up).
 WeightBackup = collections.namedtuple("Dimension", ["weight", "inplace_update"])
@@ -154,7 +154,7 @@ def new_patcher(model, load_device, offload_device, disable_dynamic: bool = Fals
     """A patcher for a quantised model: the running ComfyUI's core patcher class with QuantizedPatching mixed
     in. The dynamic-VRAM patcher's constructor returns a plain ModelPatcher for a CPU load device, which drops
     the mix-in: then that class gets it."""
-    patcher = _quantized(comfy_compat.patcher_class(disable_dynamic))(model, load_device=load_device,
+    patcher = _quantized(compat.patcher_class(disable_dynamic))(model, load_device=load_device,
                                                                      offload_device=offload_device)
     if not isinstance(patcher, QuantizedPatching):
         patcher = _quantized(type(patcher))(model, load_device=load_device, offload_device=offload_device)

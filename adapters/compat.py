@@ -8,7 +8,7 @@ the 0.3.75 behaviour elsewhere. What newer releases added, as read from their so
 - `comfy.model_management.archive_model_dtypes(module)`: records each parameter's dtype before such a
   load, so the dynamic patcher can cast what it streams.
 - `ModelPatcher.cached_patcher_init`: a factory that rebuilds the model from its files, for
-  `clone(force_deepcopy=True)`, non-dynamic delegates and multi-GPU copies (see nodes/loaders.py).
+  `clone(force_deepcopy=True)`, non-dynamic delegates and multi-GPU copies (see adapters/loading.py).
 - model configs' `set_inference_dtype(dtype, manual_cast_dtype, device=...)`: core loaders pass the load
   device where the method takes it.
 """
