@@ -6,7 +6,7 @@ inside that kind's timestep range, the attention is computed on every `every`-th
 run of `every`) and the last output is reused on the others; outside the range it is always computed.
 Allegro's self-attention (`attn1`, full 3-D) is the "spatial" kind, the caption cross-attention (`attn2`)
 the "cross" kind; `every` = 1 turns a kind off. This is the behaviour of diffusers'
-`apply_pyramid_attention_broadcast` on `AllegroTransformer3DModel` (tests/test_pab.py compares them).
+`apply_pyramid_attention_broadcast` on `AllegroTransformer3DModel` (tests/library/test_pab.py compares them).
 
 A wrapper of the DiT's seam (allegro/dit_wrappers.py): the blocks stage tells it the call's stream (e.g.
 the CFG batch layout, which has its own counts) and timestep, the block stage which block runs, the

@@ -18,7 +18,7 @@ The signal levels alpha_bar come from the DDPM table of the model's training (Al
 1e-4..2e-2, 1000 steps), looked up at index t * num_train_timesteps - 1 of each window edge.
 
 All arithmetic follows the reference's order in float32, so given the same model outputs the
-latents agree step for step (tests/test_perflow.py measures the spread).
+latents agree step for step (tests/library/test_perflow.py measures the spread).
 """
 from dataclasses import dataclass
 

@@ -1,6 +1,6 @@
 """The composition matrix: what each weights format × feature (and the feature triples people build) is
 expected to do, in text-to-video and image-to-video. The one home of these expectations: the test
-(tests/test_feature_matrix.py) checks every cell against it, and the README's table is rendered from it
+(tests/comfyui/test_feature_matrix.py) checks every cell against it, and the README's table is rendered from it
 (`python -m scripts.feature_matrix_table`).
 
 A cell is "equal" (the result of the same combination without the features that must not change it:

@@ -5,7 +5,7 @@
 Widget order, defaults, input and output types come from a live ComfyUI's /object_info (this package
 and core) and, for the two third-party nodes, from allegro_devtools/workflow_check.py, so a saved
 workflow is exactly what the front-end would save for the same graph (allegro_devtools.workflow_builder).
-tests/test_workflows.py checks the committed files against the same definitions.
+tests/server/test_workflows.py checks the committed files against the same definitions.
 """
 import json
 

@@ -1,5 +1,5 @@
 """Print the composition matrix (allegro_devtools/feature_matrix.py) as the README's markdown table, or, with
---write, put it into README.md between its markers (tests/test_feature_matrix_table.py keeps them equal).
+--write, put it into README.md between its markers (tests/tooling/test_feature_matrix_table.py keeps them equal).
 
     .venv/bin/python -m scripts.feature_matrix_table
     .venv/bin/python -m scripts.feature_matrix_table --write

@@ -1,12 +1,12 @@
 """Measure how far the numerics tests' comparisons move with the CPU kernels torch picks.
 
 Runs the selected tests once per kernel level (ATEN_CPU_CAPABILITY = default, avx2, avx512 — those this CPU has)
-and thread count (1, 2), each run recording every comparison's measured error (tests/numerics.py), then writes one
+and thread count (1, 2), each run recording every comparison's measured error (tests/support/numerics.py), then writes one
 table: per comparison, the largest error seen under each setting, the bound the test asserts and the margin.
 A bound is sound when it sits a few times above the largest value of its row.
 
     .venv/bin/python -m scripts.measure_spread                 # the tests marked numerics
-    .venv/bin/python -m scripts.measure_spread tests/test_lora.py -k merged   # any pytest selection
+    .venv/bin/python -m scripts.measure_spread tests/comfyui/test_lora.py -k merged   # any pytest selection
     .venv/bin/python -m scripts.measure_spread --levels avx2,avx512 --threads 2 --out docs/numerics-spread.md
     ALLEGRO_SPREAD_DIR=/tmp/spread make test; .venv/bin/python -m scripts.measure_spread --from /tmp/spread
                                                      # the table from the records a `make test` run left
@@ -24,7 +24,7 @@ from allegro_devtools.runtime import REPO_ROOT
 
 LEVELS = ("default", "avx2", "avx512")
 THREADS = (1, 2)
-RECORD_ENV = "ALLEGRO_SPREAD_RECORD"        # read by tests/numerics.py
+RECORD_ENV = "ALLEGRO_SPREAD_RECORD"        # read by tests/support/numerics.py
 
 
 def capability_under(level: str) -> str:

@@ -1,6 +1,6 @@
 """Redraw the README's workflow pictures (docs/images/<workflow>.jpg) from workflows/*.json in the real
 ComfyUI front-end, with the code the browser tests use for theirs (allegro_devtools.browser.workflow_picture:
-every run of tests/test_browser.py draws the same pictures into test-output/browser/), so a picture shows the
+every run of tests/browser/test_browser.py draws the same pictures into test-output/browser/), so a picture shows the
 shipped file as ComfyUI draws it. Run it after changing a workflow or a node's widgets:
 
     .venv/bin/python -m scripts.render_workflow_images [--out DIR]

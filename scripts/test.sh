@@ -5,7 +5,7 @@
 # their tarballs are there) — the whole suite where setup.sh says "full", the tests that run ComfyUI minus the
 # browser ones where it says "integration" — and the tests marked `numerics` once more on the first runtime under
 # a CPU kernel level below this machine's own (avx2 on an AVX-512 CPU, default on an AVX2 one), so a tolerance
-# tuned to one CPU's kernels fails here rather than on the next machine (tests/numerics.py).
+# tuned to one CPU's kernels fails here rather than on the next machine (tests/support/numerics.py).
 #
 # The passes run in two lanes at once, one thread each, where the machine has two cores or more: most of a pass
 # is one core's work (Python, process starts, a server or the browser waiting), so two lanes take much less

@@ -9,7 +9,7 @@ from allegro_devtools.runtime import REPO_ROOT
 
 # Modules whose tests compare floats that two different paths computed (against diffusers, against another
 # load, another kernel or another layout). `make test` runs them a second time under another CPU kernel level
-# (scripts/test.sh), and `python -m scripts.measure_spread` measures their spread (tests/numerics.py).
+# (scripts/test.sh), and `python -m scripts.measure_spread` measures their spread (tests/support/numerics.py).
 NUMERICS_MODULES = {
     "test_vae", "test_transformer", "test_t2v_parity", "test_model_loader", "test_comfy_compat", "test_model_variants",
     "test_ti2v_keyframes", "test_ti2v_extend", "test_ti2v_inputs", "test_native_clip", "test_lora",

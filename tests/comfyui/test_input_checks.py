@@ -1,4 +1,4 @@
-"""Bad input, round two, below the server: config ranges, weights of the wrong kind or with NaN, reads
+"""Hostile input below the server: config ranges, weights of the wrong kind or with NaN, reads
 confined to the model folders, bounded schedules, numbers checked at the nodes, memory preflight on
 the memory actually available. (The same classes through /prompt: test_error_matrix.py.)"""
 import math

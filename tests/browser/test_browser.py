@@ -25,7 +25,7 @@ pytestmark = [pytest.mark.browser, pytest.mark.server, pytest.mark.slow]
 
 WORKFLOWS = {path.stem: path for path in workflow_paths()}
 # workflows/allegro_t2v.json as version 0.1 shipped it, with the node ids before the "AllegroVideo_" prefix.
-FORMER_WORKFLOW = Path(__file__).parent / "data" / "workflow_0.1_allegro_t2v.json"
+FORMER_WORKFLOW = Path(__file__).parents[1] / "data" / "workflow_0.1_allegro_t2v.json"
 # Frames, height, width of each runnable workflow's video at the tiny size (the upscale one scales by 1.5).
 # The extend workflow joins two clips overlapping by 4 frames: 24 + 24 - 4.
 EXPECTED_VIDEO = {"allegro_t2v": (24, 240, 240), "allegro_ti2v": (24, 240, 240),

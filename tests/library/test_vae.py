@@ -317,3 +317,21 @@ def test_progress_and_cancel_between_tiles():
 def test_invalid_tile_settings_name_the_allowed_values(settings, message):
     with pytest.raises(ValueError, match=message):
         tiled_decode(OnesVAE(), torch.zeros(1, 4, 2, 8, 8), tiles=settings)
+
+
+def test_fitted_and_halved_tiles_keep_the_tile_rule():
+    """TileSettings is the one home of "overlap smaller than the tile, in whole latent units": settings made
+    from others (smaller tiles keeping the VAE's own overlaps, an out-of-memory retry's halved tiles) follow it."""
+    small = replace(RELEASE_TILES, frames=8, height=96, width=64).fitted(RELEASE_VAE)
+    assert (small.overlap_frames, small.overlap_height, small.overlap_width) == (4, 88, 56)
+    assert small.validate(RELEASE_VAE) is small
+    odd = replace(RELEASE_TILES, overlap_height=121, overlap_width=79).fitted(RELEASE_VAE)
+    assert (odd.overlap_height, odd.overlap_width) == (120, 72)          # rounded down to whole latent pixels
+    assert RELEASE_TILES.fitted(RELEASE_VAE) == RELEASE_TILES            # valid settings are kept as they are
+    halved = RELEASE_TILES.halved(RELEASE_VAE)
+    assert (halved.height, halved.width, halved.overlap_height, halved.overlap_width) == (160, 160, 56, 40)
+    assert halved.frames == RELEASE_TILES.frames and halved.validate(RELEASE_VAE) is halved
+    tiles, steps = RELEASE_TILES, 0
+    while (smaller := tiles.halved(RELEASE_VAE)) is not None:
+        tiles, steps = smaller.validate(RELEASE_VAE), steps + 1
+    assert (tiles.height, tiles.width, steps) == (64, 64, 3)             # stops at 8 latent pixels a side

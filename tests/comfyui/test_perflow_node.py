@@ -1,7 +1,7 @@
 """The Allegro PeRFlow Sampler in ComfyUI's executor, driving core SamplerCustomAdvanced / SamplerCustom
 on the tiny Allegro model: the DiT gets the reference's timesteps (1000, 875, ...) and, on the first
 call, the start noise unscaled; every later input, and the result, is the PeRFlow step
-(allegro/perflow.py, itself checked against the reference in tests/test_perflow.py) of the previous
+(allegro/perflow.py, itself checked against the reference in tests/library/test_perflow.py) of the previous
 input with the DiT's own output. The model's own sampling is back in place afterwards, and a run
 split with SplitSigmas (second half without noise) ends where the whole run does (same tolerance).
 
@@ -25,7 +25,7 @@ pytestmark = pytest.mark.slow
 
 T2V = "diffusers/Allegro-tiny"
 STEPS, WINDOWS, SEED = 6, 4, 5
-REFERENCE = Path(__file__).parent / "data" / "perflow_reference.safetensors"
+REFERENCE = Path(__file__).parents[1] / "data" / "perflow_reference.safetensors"
 
 
 def reference_timesteps(windows: int, steps: int) -> torch.Tensor:

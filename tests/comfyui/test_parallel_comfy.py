@@ -48,7 +48,7 @@ def sampled(comfy, graph) -> torch.Tensor:
 
 
 def relative(a, b) -> float:
-    """‖a − b‖ / ‖b‖, recorded for the spread table (tests/numerics.py)."""
+    """‖a − b‖ / ‖b‖, recorded for the spread table (tests/support/numerics.py)."""
     value = norm_relative(a, b)
     record(value, "norm")
     return value

@@ -23,7 +23,7 @@ from safetensors import safe_open
 
 from allegro.perflow import PeRFlow, PeRFlowConfig, perflow_timesteps
 
-DATA = Path(__file__).parent / "data" / "perflow_reference.safetensors"
+DATA = Path(__file__).parents[1] / "data" / "perflow_reference.safetensors"
 
 
 @pytest.fixture(scope="module")

@@ -27,7 +27,7 @@ pytestmark = pytest.mark.slow
 
 STEPS = 3
 EQUAL_BOUND = 1e-5                  # multi-GPU and block swap, the multi-GPU tests' bound
-COMPILED_BOUND = 1e-4               # inductor's reordered sums, as tests/test_core_patches.py
+COMPILED_BOUND = 1e-4               # inductor's reordered sums, as tests/comfyui/test_core_patches.py
 # A LoRA or a cache moves the result by more than the paths that must not change it may differ by, so no
 # result passes as both; the caches' skipped passes are counted besides (a skipped step of 3 reuses the last
 # step's residual: the smallest change measured, 1.4e-4).

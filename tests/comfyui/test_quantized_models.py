@@ -46,7 +46,7 @@ def predict(patcher, seed=0, sigma=100.0):
 
 
 def relative(a, b) -> float:
-    """Largest difference over the largest value, recorded for the spread table (tests/numerics.py)."""
+    """Largest difference over the largest value, recorded for the spread table (tests/support/numerics.py)."""
     value = max_relative(a, b)
     record(value)
     return value

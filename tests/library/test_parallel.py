@@ -80,7 +80,7 @@ def sample(model, runner=None, steps=3, batch=1, ti2v=False, cfg=7.5) -> torch.T
 
 
 def relative(a, b) -> float:
-    """‖a − b‖ / ‖b‖, recorded for the spread table (tests/numerics.py)."""
+    """‖a − b‖ / ‖b‖, recorded for the spread table (tests/support/numerics.py)."""
     value = norm_relative(a, b)
     record(value, "norm")
     return value

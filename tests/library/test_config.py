@@ -15,7 +15,7 @@ from allegro.config import (
 )
 from meta_models import ORIGINAL_HUB_CONFIG, TINY_DIT, TINY_VAE, add_ti2v_branches, allegro_dit
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def pick(config, *keys):

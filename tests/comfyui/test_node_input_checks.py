@@ -1,4 +1,4 @@
-"""Bad input at the nodes added in round two, through ComfyUI's executor: empty latents into 'Allegro VAE
+"""Bad input at the later nodes, through ComfyUI's executor: empty latents into 'Allegro VAE
 Decode' (both tilings) and the sampler, empty images into the TI2V nodes, Join Clips and VAE Encode, device
 names in 'Allegro Multi-GPU', and user text quoted at most a few hundred characters in messages. Each ends
 in a message naming the input and what to do, never torch's own error."""

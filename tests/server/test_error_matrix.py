@@ -21,7 +21,7 @@ from PIL import Image
 from safetensors.torch import load_file
 
 import bad_inputs
-from error_matrix_round2 import GOOD_GRAPHS, HOSTILE_PROMPT_UNIT, ROUND2_CASES, write_round2
+from hostile_input_cases import GOOD_GRAPHS, HOSTILE_CASES, HOSTILE_PROMPT_UNIT, write_hostile_inputs
 from error_matrix_support import (FRAMES, PREFIX, SIZE, T2V, Case, Session, assert_readable, decode, dit_file,
                                   empty_video, folder, good_dit, latent_into_sampler, load_image, loader,
                                   reference_graph, show, size_graph, t2v, text_nodes, ti2v, validation_message,
@@ -36,13 +36,13 @@ def session(comfy_server, base_dir, tiny_models, test_output):
     session.remove_everything()          # leftovers of an interrupted earlier run
     session.created.clear()
     session.write_everything()
-    write_round2(session)
+    write_hostile_inputs(session)
     session.events.start()
     yield session
     session.events.stop()
     session.remove_everything()
     lines = ["# Error matrix: what the user sees", "",
-             "Written by tests/test_error_matrix.py (ComfyUI /prompt path, live server).", "",
+             "Written by tests/server/test_error_matrix.py (ComfyUI /prompt path, live server).", "",
              "| case | shown by | message |", "|---|---|---|"]
     for case, where, message in session.seen:
         lines.append(f"| {case} | {where} | {message.strip().replace(chr(10), ' ').replace('|', '/')} |")
@@ -180,7 +180,7 @@ CASES = [
 ]
 
 
-MATRIX = CASES + ROUND2_CASES
+MATRIX = CASES + HOSTILE_CASES
 
 
 @pytest.mark.parametrize("case", MATRIX, ids=[case.id for case in MATRIX])

@@ -1,8 +1,8 @@
-"""Round two of the error matrix: bad input as a careless or hostile user sends it through /prompt —
+"""The error matrix's hostile inputs: bad input as a careless or hostile user sends it through /prompt —
 names linked into the loaders from another node (no list check), NaN and infinity, configs out of
 range or at odds with their weights, weights of the wrong kind or holding NaN, unbounded schedules,
 sizes beyond the memory available. Each class has several members; test_error_matrix.py runs them
-like the first round (a clear message, nothing saved, then the fixed graph runs in the same server).
+like its other cases (a clear message, nothing saved, then the fixed graph runs in the same server).
 """
 import json
 import math
@@ -56,7 +56,7 @@ def _config_copy(session, good, name: str, component: str, **changes):
     bad_inputs.replace_file(target / component / "config.json", json.dumps({**config, **changes}))
 
 
-def write_round2(session) -> None:
+def write_hostile_inputs(session) -> None:
     tiny, good = session.tiny, session.tiny["diffusers_t2v"]
     dm, vae = f"models/diffusion_models/{PREFIX}", f"models/vae/{PREFIX}"
     # Outside the model folders: a file, a pipeline folder whose transformer/ would list a secret, a pickle.
@@ -151,7 +151,7 @@ good_vae = lambda s: loader(V, "allegro_tiny_vae.safetensors")  # noqa: E731
 good_t5 = lambda s: loader(T, T2V)  # noqa: E731
 not_read = ("Loaders read only from ComfyUI's model folders",)
 
-ROUND2_CASES = [
+HOSTILE_CASES = [
     # --- names linked from another node: strictly inside the model folders ------------------------
     Case("linked name going up out of diffusers/", lambda s: linked(M, f"diffusers/../../{OUTSIDE}/pipeline"), "load",
          ("goes up a folder ('..')", *not_read), lambda s: linked(M, T2V), absent=(SECRET,)),

@@ -36,7 +36,7 @@ def fuzz_files(comfy, tiny_models, test_output):
     files = hv.write_files(models, tiny_models)
     yield files
     hv.remove_files(models, inputs)
-    lines = ["# Fuzzed node inputs", "", f"Written by tests/test_fuzz_nodes.py: {len(seen)} cases.", "",
+    lines = ["# Fuzzed node inputs", "", f"Written by tests/comfyui/test_fuzz_nodes.py: {len(seen)} cases.", "",
              "| node | input | value | outcome | message |", "|---|---|---|---|---|"]
     for row in seen:
         lines.append("| " + " | ".join(cell.replace("|", "/").replace("\n", " ")[:300] for cell in row) + " |")

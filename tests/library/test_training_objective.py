@@ -6,7 +6,7 @@ is a short sequence of library calls: diffusers' `DDPMScheduler()` (`add_noise`)
 `F.mse_loss(..., reduction="none")`, reshaped per sample, weighted by min(SNR, gamma) / SNR and averaged
 (over the un-padded elements when a mask is given). `seed_loss` below replays that sequence with those
 very diffusers objects on diffusers' AllegroTransformer3DModel (the seed's DiT class, equal to it in
-weights and numerics: tests/test_transformer.py), and the tests compare our objective on our DiT with the
+weights and numerics: tests/library/test_transformer.py), and the tests compare our objective on our DiT with the
 same weights, latents, noise, timesteps and captions: the loss and the gradient of one weight agree.
 
 Measured spread (fp32, tiny DiT; ATEN_CPU_CAPABILITY default and avx2, 1 and 2 threads): loss equal,

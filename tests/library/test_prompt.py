@@ -14,7 +14,7 @@ from allegro.prompt import (
 )
 
 # SHA-256 and length of the strings in rhymes-ai/Allegro's inference scripts (facts, not their code).
-REFERENCE_FACTS = json.loads((Path(__file__).parent / "data" / "reference_facts.json").read_text(encoding="utf-8"))
+REFERENCE_FACTS = json.loads((Path(__file__).parents[1] / "data" / "reference_facts.json").read_text(encoding="utf-8"))
 
 
 @pytest.fixture(scope="module")
