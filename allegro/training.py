@@ -1,13 +1,15 @@
 """Allegro's training objective, as the seed's `train.py` / `train_ti2v.py` compute it.
 
 One step: a timestep drawn uniformly from the 1000 DDPM steps, the clean latent noised with the
-training schedule (allegro.schedule: betas linear 1e-4..2e-2), the DiT predicts the noise (epsilon
-target), and the loss is the squared error averaged over the un-padded latent elements, each sample
+training schedule (allegro.schedule: betas linear 1e-4..2e-2) — the noise standard normal plus the
+seed's offset noise (0.02 times one normal draw per sample and channel, `--noise_offset`) —, the DiT
+predicts that noise (epsilon target), and the loss is the squared error averaged over the un-padded latent elements, each sample
 weighted by min-SNR (Hang et al. 2023): min(SNR_t, gamma) / SNR_t with SNR_t = alpha_bar_t / (1 -
 alpha_bar_t); gamma 5.0 in the seed, None for the plain mean. Captions are dropped (replaced by the
 empty prompt's encoding) with probability 0.1, which keeps the unconditional branch CFG needs.
 
-TI2V adds which video frames are given (0 in the frame mask): the seed's mix is the first frame
+TI2V adds which video frames are given (0 in the frame mask) and the DiT's two extra inputs, the latent
+of the video black except the given frames and the folded frame mask (`ti2v_condition`); the seed's mix is the first frame
 (50 %), the first and last frames (40 %) and continuation — the first k frames, k uniform in 1..N —
 (10 %); frames not in one of these get a random subset ("keyframes") in the seed's dataset code, with
 weight 0 in its defaults. Pure PyTorch: no ComfyUI imports.
@@ -16,9 +18,12 @@ import random
 
 import torch
 
+from .geometry import decoded_frames
 from .schedule import NUM_TRAIN_TIMESTEPS, training_alphas_cumprod
+from .ti2v import frame_mask
 
 DEFAULT_SNR_GAMMA = 5.0          # train.py --snr_gamma
+DEFAULT_NOISE_OFFSET = 0.02      # train.py / train_ti2v.py --noise_offset
 DEFAULT_CAPTION_DROPOUT = 0.1    # train.py --cfg
 # train_ti2v.py --i2v_ratio / --interp_ratio / --v2v_ratio; the rest of [0, 1) would be random keyframes.
 SEED_MASK_MIX = {"first_frame": 0.5, "first_last": 0.4, "continuation": 0.1, "keyframes": 0.0}
@@ -28,6 +33,15 @@ MASK_KINDS = tuple(SEED_MASK_MIX)
 def sample_timesteps(batch: int, generator: torch.Generator | None = None) -> torch.Tensor:
     """[batch] integer timesteps uniform over 0..999 (the seed's torch.randint)."""
     return torch.randint(0, NUM_TRAIN_TIMESTEPS, (batch,), generator=generator)
+
+
+def sample_noise(shape, offset: float = DEFAULT_NOISE_OFFSET, generator: torch.Generator | None = None) -> torch.Tensor:
+    """The seed's training noise for a latent of `shape` [B, C, ...]: standard normal, plus `offset` times
+    one standard normal draw per sample and channel (offset noise, drawn second; 0 or None: none)."""
+    noise = torch.randn(shape, generator=generator)
+    if offset:
+        noise = noise + offset * torch.randn(tuple(shape[:2]) + (1,) * (len(shape) - 2), generator=generator)
+    return noise
 
 
 def add_noise(latent: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
@@ -87,6 +101,20 @@ def given_frames(kind: str, num_frames: int, rng: random.Random) -> list[int]:
     if kind == "keyframes":
         return sorted(rng.sample(range(num_frames), rng.randint(0, num_frames - 1)))
     raise ValueError(f"unknown TI2V mask kind {kind!r}: use one of {', '.join(MASK_KINDS)}")
+
+
+def ti2v_condition(frames: torch.Tensor, given: list[int], latent_size: tuple[int, int, int], encode) -> torch.Tensor:
+    """The TI2V DiT's extra input for one clip, [1, 8, T', h, w]: the latent of the clip's video with every
+    frame but `given` black (train_ti2v.py's `x * (mask < 0.5)`, encoded and scaled), then the frame mask
+    (0 on given frames, folded to 4 channels x T' latent frames as its `mask.view`). frames: the clip
+    [T, H, W, 3] in 0..255; latent_size: (T', h, w); encode({index: [3, H, W] in [-1, 1]}, num_frames,
+    height, width) -> that video's latent in the DiT's units (the VAE's posterior mean, where the seed
+    draws a sample)."""
+    images = {index: frames[index].movedim(-1, 0).float() / 127.5 - 1 for index in given}
+    height, width = frames.shape[1:3]
+    masked = encode(images, decoded_frames(latent_size[0]), height, width)
+    mask = frame_mask(given, tuple(latent_size), dtype=masked.dtype, device=masked.device)
+    return torch.cat([masked, mask], dim=1)
 
 
 def pick_mask_kind(mix: dict[str, float], rng: random.Random) -> str:

@@ -11,6 +11,7 @@ target size (`crop_box`, `crop_and_resize`: bilinear, corners aligned, antialias
 Pure PyTorch: no ComfyUI imports.
 """
 import json
+import math
 import random
 from dataclasses import dataclass
 
@@ -42,9 +43,20 @@ class RowProblem(ValueError):
         super().__init__(f"{where}: {reason}")
 
 
+def _shown(value) -> str:
+    """A value as JSON would write it (other kinds a parquet table holds, e.g. bytes or dates, as text)."""
+    return json.dumps(value, default=str)[:40]
+
+
+def _missing(value) -> bool:
+    """None, or NaN: how pandas-written parquet (the seed's converter) holds a number a row lacked."""
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
 def _whole(value, key: str, line: int, path) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value):
-        raise RowProblem(line, path, f'"{key}" must be a whole number, got {json.dumps(value)[:40]}')
+    if (isinstance(value, bool) or not isinstance(value, (int, float))
+            or (isinstance(value, float) and not math.isfinite(value)) or value != int(value)):
+        raise RowProblem(line, path, f'"{key}" must be a whole number, got {_shown(value)}')
     if not 1 <= int(value) <= MAX_SIZE:
         raise RowProblem(line, path, f'"{key}" is {int(value)}: it must be from 1 to {MAX_SIZE}')
     return int(value)
@@ -56,7 +68,7 @@ def parse_row(record, line: int) -> Row:
     if not isinstance(record, dict):
         raise RowProblem(line, None, f"is not a JSON object with {', '.join(COLUMNS)}")
     path = record.get("path")
-    missing = [key for key in COLUMNS if record.get(key) is None]
+    missing = [key for key in COLUMNS if _missing(record.get(key))]
     if missing:
         raise RowProblem(line, path if isinstance(path, str) else None, f"lacks {', '.join(missing)}")
     if not isinstance(path, str) or not path.strip():
@@ -83,6 +95,11 @@ def parse_jsonl(text: str) -> tuple[list[Row], list[RowProblem]]:
         except RowProblem as problem:
             problems.append(problem)
     return rows, problems
+
+
+def missing_columns(columns) -> list[str]:
+    """The seed's columns a table (its column names) lacks."""
+    return [key for key in COLUMNS if key not in set(columns)]
 
 
 def parse_records(records: list) -> tuple[list[Row], list[RowProblem]]:

@@ -17,8 +17,6 @@ from comfy.weight_adapter import adapter_maps, adapters
 
 from ..allegro import training
 from ..allegro.checkpoints import read_safetensors
-from ..allegro.geometry import decoded_frames
-from ..allegro.ti2v import frame_mask
 from ..adapters import checks, sources
 from .training_set import CATEGORY, TRAINING_SET, caption_of, checked_set
 
@@ -100,16 +98,16 @@ class Step:
         if kind == "seed mix":
             kind = training.pick_mask_kind(training.SEED_MASK_MIX, self.rng)
         given = training.given_frames(kind, frames.shape[0], self.rng)
-        images = {index: frames[index].movedim(-1, 0).float() / 127.5 - 1 for index in given}
-        height, width = frames.shape[1:3]
-        masked = self.vae.encode_conditioning_frames(images, decoded_frames(latent_shape[2]), height, width)
-        masked = self.model.process_latent_in(self._on_device(masked))
-        mask = frame_mask(given, tuple(latent_shape[2:]), device=self.device)
-        return torch.cat([masked, mask], dim=1)
+
+        def encode(images, num_frames, height, width):
+            masked = self.vae.encode_conditioning_frames(images, num_frames, height, width)
+            return self.model.process_latent_in(self._on_device(masked))
+        return training.ti2v_condition(frames, given, tuple(latent_shape[2:]), encode)
 
     def loss(self, clip: dict, empty_caption) -> torch.Tensor:
         latent = self.model.process_latent_in(self._on_device(clip["latent"]).float())
-        noise = torch.randn(latent.shape, generator=self.generator).to(self.device)
+        noise = training.sample_noise(latent.shape, self.settings.get("noise_offset", training.DEFAULT_NOISE_OFFSET),
+                                      self.generator).to(self.device)
         timesteps = training.sample_timesteps(latent.shape[0], self.generator)
         model_input = training.add_noise(latent, noise, timesteps.to(self.device))
         states, mask = clip["caption"]
@@ -174,7 +172,7 @@ class AllegroTrainLoRA(io.ComfyNode):
             display_name="Allegro Train LoRA",
             category=CATEGORY,
             description="Trains a LoRA on the Allegro (or Allegro-TI2V) model as the seed's train.py trains Allegro: "
-                        "DDPM noise over 1000 timesteps, noise-prediction MSE with min-SNR weighting, caption dropout "
+                        "DDPM noise (with the seed's 0.02 offset noise) over 1000 timesteps, noise-prediction MSE with min-SNR weighting, caption dropout "
                         "to the empty prompt, and for TI2V the first-frame / first+last / continuation masks.",
             inputs=[
                 io.Model.Input("model", tooltip="The Allegro or Allegro-TI2V model to train on."),

@@ -81,20 +81,41 @@ def listed_file(list_file) -> Path | None:
         return None
 
 
+def shown_name(path: Path) -> str:
+    """The list's name as 'list_file' shows it (relative to input/)."""
+    try:
+        return path.relative_to(input_root()).as_posix()
+    except ValueError:
+        return path.name
+
+
+def read_parquet(path: Path) -> tuple[list, list]:
+    """The rows of a .parquet list (pyarrow.parquet.read_table on the open file: no URI or partition guessing)."""
+    name = shown_name(path)
+    try:
+        import pyarrow
+        import pyarrow.parquet
+    except ImportError:
+        raise ValueError(f"{name} is a .parquet list; reading it needs the pyarrow package, which this ComfyUI's "
+                         "Python lacks: install it into that Python (`python -m pip install pyarrow`, with the "
+                         "python that runs ComfyUI), or write the list as .jsonl (one JSON object a line).") from None
+    try:
+        with open(path, "rb") as handle:
+            table = pyarrow.parquet.read_table(handle)
+    except (pyarrow.ArrowException, OSError, ValueError) as error:
+        reason = str(error).replace("Could not open Parquet input source '<Buffer>': ", "")   # the open file's name
+        raise ValueError(f"{name} cannot be read as a .parquet table ({reason}): write it again, or write the "
+                         "list as .jsonl (one JSON object a line).") from error
+    missing = video_dataset.missing_columns(table.column_names)
+    if missing:
+        raise ValueError(f"{name} has no column {', '.join(missing)}: a .parquet list needs the columns "
+                         f"{', '.join(video_dataset.COLUMNS)} (it has {', '.join(table.column_names) or 'none'}).")
+    return video_dataset.parse_records(table.select(list(video_dataset.COLUMNS)).to_pylist())
+
+
 def read_list(path: Path) -> tuple[list, list]:
     if path.suffix == ".parquet":
-        try:
-            import pyarrow.parquet
-        except ImportError:
-            raise ValueError(f"{path.name} is a .parquet list; reading it needs the pyarrow package, which this "
-                             "ComfyUI's Python lacks: `pip install pyarrow`, or write the list as .jsonl (one JSON "
-                             "object a line).") from None
-        try:
-            records = pyarrow.parquet.read_table(path).to_pylist()
-        except (pyarrow.ArrowException, OSError) as error:
-            raise ValueError(f"{path.name} cannot be read as a .parquet table ({error}): write it again, or write the "
-                             "list as .jsonl (one JSON object a line).") from error
-        return video_dataset.parse_records(records)
+        return read_parquet(path)
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as error:

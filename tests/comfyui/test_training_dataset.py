@@ -4,12 +4,16 @@ leaving input/ (by '..' or by a link), a missing file, an undecodable file, a vi
 num_frames x sample_rate, a listed size the seed's filter rejects, a caption over 512 tokens). Good rows
 become clips of the asked size; bad rows are skipped and named on the node; the cache holds one
 complete file per clip (no partial file) and serves the second run; a list of only bad rows is an
-error naming why; the set trains with 'Allegro Train LoRA'."""
+error naming why; the set trains with 'Allegro Train LoRA'. A .parquet list (read with pyarrow) gives the
+clips of the .jsonl list with its rows; a parquet list lacking a column, with wrong-typed values or not
+parquet at all is named (file, row); without pyarrow the node says how to install it."""
 import json
+import sys
 
 import av
 import numpy as np
 import pytest
+import torch
 
 pytestmark = pytest.mark.slow
 
@@ -170,13 +174,93 @@ def test_a_failed_cache_write_leaves_no_file_and_the_clip_is_still_used(comfy, d
     assert set(cache.iterdir()) - before == set()           # neither a cache file nor a partial one
 
 
-def test_a_parquet_list_without_pyarrow_says_what_to_install(comfy, dataset_folder):
-    try:
-        import pyarrow  # noqa: F401
-        pytest.skip("pyarrow is installed here: .parquet lists are read")
-    except ImportError:
-        pass
-    (dataset_folder / "list.parquet").write_bytes(b"PAR1")
-    result = comfy.run(graph("clips/list.parquet"), targets=["data"])
+def write_parquet(path, records: list, schema=None):
+    import pyarrow
+    import pyarrow.parquet
+    pyarrow.parquet.write_table(pyarrow.Table.from_pylist(records, schema=schema), str(path))
+
+
+def record(path, cap="a gradient moves", num_frames=24, height=48, width=64) -> dict:
+    return {"path": path, "num_frames": num_frames, "height": height, "width": width, "cap": cap}
+
+
+def test_a_parquet_list_gives_the_clips_of_its_jsonl(comfy, dataset_folder):
+    """The seed converts its .jsonl list to .parquet (allegro/utils/dataset_utils.py): both give the same clips,
+    skip the same rows (paths leaving input/, by '..' or by a link, included) and filter the same."""
+    records = [record("videos/good.mp4"), record("../../outside.mp4"), record("videos/link.mp4"),
+               record("videos/missing.mp4"), record("videos/good.mp4", height=16, width=64),
+               record("videos/good2.mp4", cap="a boat", num_frames=20)]
+    (dataset_folder / "same.jsonl").write_text("\n".join(json.dumps(item) for item in records) + "\n")
+    write_parquet(dataset_folder / "same.parquet", records)
+    results = {kind: comfy.run(graph(f"clips/same.{kind}"), targets=["data"]) for kind in ("jsonl", "parquet")}
+    for result in results.values():
+        assert result.status == "success", result.error
+    from_jsonl, from_parquet = results["jsonl"].output("data"), results["parquet"].output("data")
+    assert len(from_parquet) == len(from_jsonl) == 2
+    for ours, theirs in zip(from_parquet, from_jsonl):
+        assert torch.equal(ours["latent"], theirs["latent"]) and torch.equal(ours["frames"], theirs["frames"])
+        assert all(torch.equal(a, b) for a, b in zip(ours["caption"], theirs["caption"]))
+    texts = {kind: shown_text(result).splitlines() for kind, result in results.items()}
+    assert "clips/same.parquet: 2 clips from 6 rows" in texts["parquet"][0]
+    assert texts["parquet"][1:] == texts["jsonl"][1:]
+    for where, why in {"row 2 (../../outside.mp4)": "inside ComfyUI's input/",
+                       "row 3 (videos/link.mp4)": "inside ComfyUI's input/", "row 4 (videos/missing.mp4)": "missing"}.items():
+        assert any(where in line and why in line for line in texts["parquet"]), (where, why)
+    assert "1 by size" in "\n".join(texts["parquet"])
+
+
+def test_bad_parquet_lists_name_the_file_and_the_row(comfy, dataset_folder, base_dir):
+    import pyarrow
+
+    def error_of(name):
+        result = comfy.run(graph(f"clips/{name}"), targets=["data"])
+        assert result.status == "error", name
+        return result.error["exception_message"]
+
+    # A column missing from the table: named with the file, before any row is read.
+    write_parquet(dataset_folder / "nocap.parquet", [{key: value for key, value in record("videos/good.mp4").items()
+                                                      if key != "cap"}])
+    message = error_of("nocap.parquet")
+    assert "clips/nocap.parquet has no column cap" in message and "it has path, num_frames, height, width" in message
+    # Wrong types in every row: each row named, with its value.
+    write_parquet(dataset_folder / "types.parquet", [record("videos/good.mp4", num_frames="24"),
+                                                     record("videos/good.mp4", num_frames="many")])
+    message = error_of("types.parquet")
+    assert "No usable clip in clips/types.parquet" in message
+    assert 'row 1 (videos/good.mp4): "num_frames" must be a whole number, got "24"' in message
+    assert 'row 2 (videos/good.mp4): "num_frames" must be a whole number, got "many"' in message
+    # Some rows bad: a null (pandas writes NaN for a number a row lacked) and a fractional size are skipped.
+    schema = pyarrow.schema([("path", pyarrow.string()), ("num_frames", pyarrow.float64()),
+                             ("height", pyarrow.float64()), ("width", pyarrow.int64()), ("cap", pyarrow.string())])
+    write_parquet(dataset_folder / "mixed.parquet", [record("videos/good.mp4"),
+                                                     record("videos/good.mp4", num_frames=float("nan")),
+                                                     record("videos/good.mp4", height=47.5),
+                                                     record("videos/good.mp4", width=None)], schema)
+    result = comfy.run(graph("clips/mixed.parquet"), targets=["data"])
+    assert result.status == "success", result.error
+    assert len(result.output("data")) == 1
+    text = shown_text(result)
+    assert "Skipped 3 bad rows" in text and "row 2 (videos/good.mp4): lacks num_frames" in text
+    assert 'row 3 (videos/good.mp4): "height" must be a whole number, got 47.5' in text
+    assert "row 4 (videos/good.mp4): lacks width" in text
+    # Not a parquet file at all.
+    (dataset_folder / "garbage.parquet").write_bytes(b"PAR1" + bytes(64))
+    message = error_of("garbage.parquet")
+    assert "clips/garbage.parquet cannot be read as a .parquet table (Parquet magic bytes not found" in message
+    # A list that is a link out of input/ is not read.
+    write_parquet(base_dir / "outside.parquet", [record("videos/good.mp4")])
+    link = dataset_folder / "outside_link.parquet"
+    if not link.is_symlink():
+        link.symlink_to(base_dir / "outside.parquet")
+    assert "not a .jsonl or .parquet file inside ComfyUI's input/ folder" in error_of("outside_link.parquet")
+
+
+def test_a_parquet_list_without_pyarrow_says_what_to_install(comfy, dataset_folder, monkeypatch):
+    write_parquet(dataset_folder / "nopyarrow.parquet", [record("videos/good.mp4")])
+    monkeypatch.setitem(sys.modules, "pyarrow", None)            # `import pyarrow` raises ImportError
+    monkeypatch.setitem(sys.modules, "pyarrow.parquet", None)
+    result = comfy.run(graph("clips/nopyarrow.parquet"), targets=["data"])
     assert result.status == "error"
-    assert "needs the pyarrow package" in result.error["exception_message"]
+    message = result.error["exception_message"]
+    assert "clips/nopyarrow.parquet is a .parquet list; reading it needs the pyarrow package" in message
+    assert "python -m pip install pyarrow" in message and "write the list as .jsonl" in message

@@ -29,6 +29,28 @@ def test_jsonl_rows_and_the_problems_of_bad_lines():
     assert "row 8 (f.mp4)" in found[8] and '"width" is 0' in found[8]
 
 
+def test_parquet_records_and_the_problems_of_bad_values():
+    """Records as pyarrow's to_pylist gives them, including what pandas (the seed's converter) writes for a
+    number a row lacked (NaN) and kinds JSON has no text for (bytes, dates)."""
+    import datetime
+    good = {"path": "a.mp4", "num_frames": 24, "height": 64, "width": 64, "cap": "a boat"}
+    records = [good, {**good, "path": "b.mp4", "num_frames": float("nan")}, {**good, "path": "c.mp4", "height": 64.5},
+               {**good, "path": "d.mp4", "width": float("inf")}, {**good, "path": "e.mp4", "num_frames": b"24"},
+               {**good, "path": "f.mp4", "height": datetime.date(2024, 1, 1)}, {**good, "path": b"g.mp4"},
+               {**good, "path": "h.mp4", "cap": None}, {**good, "path": "i.mp4", "width": 24.0}]
+    rows, problems = vd.parse_records(records)
+    assert rows == [vd.Row(1, "a.mp4", 24, 64, 64, "a boat"), vd.Row(9, "i.mp4", 24, 64, 24, "a boat")]
+    found = {problem.line: str(problem) for problem in problems}
+    assert found[2] == "row 2 (b.mp4): lacks num_frames"
+    assert found[3] == 'row 3 (c.mp4): "height" must be a whole number, got 64.5'
+    assert found[4] == 'row 4 (d.mp4): "width" must be a whole number, got Infinity'
+    assert found[5] == 'row 5 (e.mp4): "num_frames" must be a whole number, got "b\'24\'"'
+    assert found[6] == 'row 6 (f.mp4): "height" must be a whole number, got "2024-01-01"'
+    assert found[7] == 'row 7: "path" must be a non-empty text'
+    assert found[8] == "row 8 (h.mp4): lacks cap"
+    assert vd.missing_columns(["path", "cap", "height", "extra"]) == ["num_frames", "width"]
+
+
 def test_size_filter_matches_the_seeds_rule():
     # target 720x1280, hw_thr 1, aspect factor 1.5
     assert vd.keeps_size(720, 1280, 720, 1280, 1.0, 1.5)
