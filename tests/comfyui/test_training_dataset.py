@@ -155,7 +155,8 @@ def test_the_training_workflow_runs_on_the_tiny_weights(comfy, base_dir):
 
 def test_a_failed_cache_write_leaves_no_file_and_the_clip_is_still_used(comfy, dataset_folder, monkeypatch):
     import sys
-    module = sys.modules[comfy.node_types["AllegroVideo_TrainingDataset"].__module__]
+    package = comfy.node_types["AllegroVideo_TrainingDataset"].__module__.rsplit(".", 2)[0]
+    module = sys.modules[f"{package}.adapters.training_data"]
 
     def disk_full(tensors, path):
         with open(path, "wb") as partial:

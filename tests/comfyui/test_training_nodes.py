@@ -138,13 +138,18 @@ def package_module(comfy, node: str):
     return sys.modules[comfy.node_types[node].__module__]
 
 
+def adapter_module(comfy, name: str):
+    """The package's adapters/<name>.py as ComfyUI loaded it."""
+    package = comfy.node_types["AllegroVideo_TrainLoRA"].__module__.rsplit(".", 2)[0]
+    return sys.modules[f"{package}.adapters.{name}"]
+
+
 def objective(comfy, patcher, clip: dict, vae) -> float:
     """The seed's objective (gamma 5) on a clip at five fixed timesteps with fixed noise (TI2V: given the
     first frame)."""
     comfy.model_management.load_models_gpu([patcher])
     model = patcher.model
-    step = package_module(comfy, "AllegroVideo_TrainLoRA").Step(model, vae, {"mask": "first_frame"}, None,
-                                                                random.Random(0))
+    step = adapter_module(comfy, "lora_training").Step(model, vae, {"mask": "first_frame"}, None, random.Random(0))
     latent = model.process_latent_in(clip["latent"].float())
     noise = torch.randn(latent.shape, generator=torch.Generator().manual_seed(9))
     total = 0.0

@@ -205,7 +205,7 @@ def seed_ti2v_step(model, vae, video_uint8, given, context, caption_mask, seed, 
 
 
 def our_ti2v_step(model, vae, video_uint8, given, context, caption_mask, seed, gamma):
-    """The node's step (nodes/train_lora.py Step.loss / ti2v_input) on the library functions."""
+    """The node's step (adapters/lora_training.py Step.loss / ti2v_input) on the library functions."""
     whole = TileSettings(CLIP_FRAMES, CLIP_SIZE, CLIP_SIZE, 0, 0, 0)
     pixels = video_uint8.permute(3, 0, 1, 2).unsqueeze(0).float() / 127.5 - 1
     latent = vae.moments_to_mean(vae.encode_moments(pixels)) * LATENT_SCALE     # the clip's latent, model space
