@@ -2,19 +2,14 @@
 masked video and the folded frame mask, plus the LATENT to sample — the pattern of ComfyUI's own
 image-to-video nodes, so the Allegro sampler and the stock KSampler both run it.
 
-`image_conditioning` is what every TI2V node does once it knows which image goes on which frame:
-this module's first/last-frame node, and the keyframe and continuation nodes (ti2v_keyframes.py)."""
+What every TI2V node does once it knows which image goes on which frame (this module's first/last-frame node,
+the keyframe and continuation nodes in ti2v_keyframes.py) is adapters/conditioning.py's `image_conditioning`."""
 import torch
 from comfy_api.v0_0_2 import io
 
-import comfy.model_management
-
-from ..allegro.config import LATENT_CHANNELS
-from ..allegro.geometry import check_video_size, decoded_frames
-from ..allegro.ti2v import RESIZE_MODES, conditioning_indices, frame_mask, prepare_image
-from ..adapters import checks, video_latent
-from ..adapters.conditioning import with_image_frames
-from ..adapters.memory import check_fits_in_memory
+from ..allegro.ti2v import RESIZE_MODES, conditioning_indices
+from ..adapters import checks
+from ..adapters.conditioning import image_conditioning
 from .latent import size_inputs
 
 CATEGORY = "Allegro/conditioning"
@@ -46,24 +41,6 @@ def single_image(image: torch.Tensor | None, name: str, node: str) -> torch.Tens
         raise ValueError(f"{name} holds {image.shape[0]} images; Allegro-TI2V takes exactly one per frame. "
                          "Pick one with 'Image From Batch' (or load a single image).")
     return image[0]
-
-
-def image_conditioning(positive, negative, vae, frames: dict[int, torch.Tensor], width: int, height: int,
-                       length: int, resize: str, node: str) -> io.NodeOutput:
-    """frames: {video frame (0..length-1): IMAGE frame [H, W, C]} → (positive, negative, latent)."""
-    size = check_video_size(width, height, length)
-    check_fits_in_memory(size)
-    if not hasattr(vae, "encode_conditioning_frames"):
-        raise ValueError(f"'{node}' needs the Allegro VAE ('Load Allegro VAE'), not another VAE.")
-    latent_size = size.latent_shape
-    prepared = {index: prepare_image(image, height, width, resize) for index, image in frames.items()}
-    # Encode the whole frames the latent decodes to (the frame rule): frame indices count the video's
-    # `length` frames, the 4k + 1 lengths' extra decoded frames are never given.
-    masked_video = vae.encode_conditioning_frames(prepared, decoded_frames(latent_size[0]), height, width)
-    mask = frame_mask(sorted(prepared), latent_size, device=masked_video.device)
-    positive, negative = with_image_frames(positive, negative, masked_video, mask, vae.config.scaling_factor)
-    latent = torch.zeros([1, LATENT_CHANNELS, *latent_size], device=comfy.model_management.intermediate_device())
-    return io.NodeOutput(positive, negative, video_latent.make(latent, length))
 
 
 class AllegroTI2VConditioning(io.ComfyNode):
@@ -100,5 +77,5 @@ class AllegroTI2VConditioning(io.ComfyNode):
         first, last = single_image(first_frame, "first_frame", node), single_image(last_frame, "last_frame", node)
         images = [first] + ([last] if last is not None else [])
         frames = dict(zip(conditioning_indices(length, last is not None), images))
-        return image_conditioning(positive, negative, vae, frames, width, height, length, resize,
-                                  node)
+        return io.NodeOutput(*image_conditioning(positive, negative, vae, frames, width, height, length, resize,
+                                                 node))

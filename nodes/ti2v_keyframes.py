@@ -10,7 +10,8 @@ from ..allegro.ti2v import continuation_frames, parse_frame_indices, resolve_fra
 from ..allegro.quoting import quote
 from ..adapters import checks
 from .latent import size_inputs
-from .ti2v import CATEGORY, image_conditioning, resize_input, single_image, ti2v_outputs
+from ..adapters.conditioning import image_conditioning
+from .ti2v import CATEGORY, resize_input, single_image, ti2v_outputs
 
 LENGTH_TOOLTIP = "Frames (a multiple of 4, or one more); 88 = 6 s at 15 fps as trained."
 
@@ -55,8 +56,8 @@ class AllegroTI2VKeyframes(io.ComfyNode):
     @classmethod
     def execute(cls, positive, negative, vae, images, indices, width, height, length, resize) -> io.NodeOutput:
         frames = keyframes(images, indices, length)
-        return image_conditioning(positive, negative, vae, frames, width, height, length, resize,
-                                  "Allegro TI2V Keyframes")
+        return io.NodeOutput(*image_conditioning(positive, negative, vae, frames, width, height, length, resize,
+                                                 "Allegro TI2V Keyframes"))
 
 
 class AllegroTI2VContinue(io.ComfyNode):
@@ -99,4 +100,4 @@ class AllegroTI2VContinue(io.ComfyNode):
         last = single_image(last_frame, "last_frame", node)
         if last is not None:
             frames[length - 1] = last
-        return image_conditioning(positive, negative, vae, frames, width, height, length, resize, node)
+        return io.NodeOutput(*image_conditioning(positive, negative, vae, frames, width, height, length, resize, node))
