@@ -143,8 +143,8 @@ def test_pab_beside_multi_gpu_skips_on_every_rank_and_equals_one_process(comfy, 
         # The PAB the sampler ran: the Multi-GPU node's clone of the MODEL holds its own copy (ComfyUI deep-copies
         # model_options on a clone).
         pab = result.output("multi").model_options["transformer_options"]["allegro_pab"]
-        value = assert_relative(result.output("sample")["samples"], alone.output("sample")["samples"], 1e-5,
-                                f"PAB + Multi-GPU ({'CFG' if cfg_parallel else 'sequence'} 2) vs PAB alone, seed {seed}")
+        label = f"PAB + Multi-GPU ({'CFG' if cfg_parallel else 'sequence'} 2) vs PAB alone, seed {seed}"
+        value = assert_relative(result.output("sample")["samples"], alone.output("sample")["samples"], 1e-5, label)
         print(f"seed {seed}: max relative {value:.2e}; per rank [computed, skipped]: {pab.ranks}")
         # Rank 0 counts as one process does; the worker rank skipped as many attentions of its share.
         assert (pab.computed, pab.skipped) == counts and pab.ranks == {0: list(counts), 1: list(counts)}
