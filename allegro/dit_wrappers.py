@@ -15,7 +15,9 @@ outermost first, each calling `run` for the rest of the chain (or not calling it
 `order` places a wrapper within each stage (smaller: further out): OUTER for what skips work (caches),
 MIDDLE for what changes it (patches), INNER for what only moves or distributes it. Building a `Wrappers`
 asks every wrapper's `check_compatible(others)`: a wrapper that cannot work beside another raises
-ValueError there, before the model runs, saying what to use instead. Pure PyTorch: the model names no
+ValueError there, before the model runs, saying what to use instead. A wrapper that `runs_on_ranks` also
+works where the blocks run on a multi-GPU rank group: each rank runs its own copy of it, built from its
+`rank_spec` (allegro/parallel.py), on that rank's share of the call. Pure PyTorch: the model names no
 feature, and hosts (nodes/) define their features as subclasses.
 """
 from dataclasses import dataclass
@@ -28,9 +30,20 @@ class DiTWrapper:
     name = "a DiT wrapper"          # how messages name it: the node or feature a user would recognise
     order = MIDDLE
     changes_output = True           # False: it only moves or distributes work; the blocks compute the same
+    runs_on_ranks = False           # True: on a multi-GPU rank group every rank runs a copy (rank_spec, ranks_ran)
 
     def check_compatible(self, others: list["DiTWrapper"]) -> None:
         """Raise ValueError (what to use instead) if this wrapper cannot run beside `others`."""
+
+    def rank_spec(self, call: "BlocksInput") -> dict:
+        """(runs_on_ranks only) What every rank of a rank group needs to run its own copy of this wrapper's block
+        and attention stages on its share of `call`, as JSON-able values; asked after this wrapper's blocks stage
+        began the call. allegro.parallel.Replicas builds and keeps the copies from it."""
+        raise NotImplementedError(f"{self.name} does not run on a rank group")
+
+    def ranks_ran(self, counts: list) -> None:
+        """(runs_on_ranks only) What each rank's copy reported for the call just run (its `counts()`), rank 0's
+        first."""
 
     def takes_part(self, stage: str) -> bool:
         method = f"wrap_{stage}"

@@ -12,14 +12,17 @@ wrapper of the DiT's blocks stage calls RankGroup.run_blocks). The group is `cfg
 
 The token shards go out by scatter and come back by gather; everything runs on torch.distributed's
 collectives (gloo on CPU, NCCL on GPUs). Every rank runs `run_block_call`: rank 0 with the tensors,
-the others (allegro.parallel_worker) with None. Pure PyTorch: no ComfyUI here.
+the others (allegro.parallel_worker) with None. Wrappers that change what the blocks compute and can run on
+the ranks (DiTWrapper.runs_on_ranks, e.g. PAB) travel as their `rank_spec` with the call; every rank, rank 0
+included, runs its own copy (`Replicas`) on its share and reports its counts back. Pure PyTorch: no ComfyUI here.
 """
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import torch
 import torch.distributed as dist
 
 from .dit_wrappers import INNER, NO_WRAPPERS, DiTWrapper
+from .pab import RankPAB
 
 OK, CANCELLED = 0, 1
 
@@ -84,13 +87,14 @@ class BlockCall:
     context_tokens: int        # L caption tokens
     has_bias: bool             # whether a caption mask bias [B, 1, 1, L] is sent
     dtype: str                 # the activations' torch dtype, e.g. "bfloat16"
+    replicated: tuple = ()     # rank_spec of each wrapper every rank runs a copy of (Replicas), in order
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, values: dict) -> "BlockCall":
-        return cls(**{**values, "grid": tuple(values["grid"])})
+        return cls(**{**values, "grid": tuple(values["grid"]), "replicated": tuple(values.get("replicated", ()))})
 
     @property
     def torch_dtype(self) -> torch.dtype:
@@ -106,6 +110,7 @@ class RankContext:
     sequence_group: object
     device: torch.device
     stop_requested: object = None          # callable () -> bool; None: never
+    replicas: "Replicas" = field(default_factory=lambda: Replicas())
 
 
 class StopSignal:
@@ -159,8 +164,8 @@ class UlyssesAttention:
 
 
 class RankAttention(DiTWrapper):
-    """The attention wrapper every rank's blocks run with: before each self-attention the stop check, then
-    Ulysses (seq > 1) around the attention. Counts the blocks it ran (reported back to rank 0)."""
+    """The wrapper every rank's blocks run with: before each block the stop check, then Ulysses (seq > 1)
+    around the self-attention. Counts the blocks it ran (reported back to rank 0)."""
     name = "sequence-parallel attention"
     order = INNER
     changes_output = False
@@ -170,14 +175,38 @@ class RankAttention(DiTWrapper):
         self.group, self.token_counts = context.sequence_group, token_counts
         self.blocks = 0
 
-    def wrap_attention(self, run, q, k, v, mask, cross):
-        if cross:
-            return run(q, k, v, mask)
-        self.stop()
+    def wrap_block(self, run, block):
+        self.stop()                 # here, not in the self-attention: a wrapper further out may skip that one
         self.blocks += 1
-        if self.group is None:
+        return run(block)
+
+    def wrap_attention(self, run, q, k, v, mask, cross):
+        if cross or self.group is None:
             return run(q, k, v, mask)
         return UlyssesAttention(run, self.group, self.token_counts)(q, k, v, mask)
+
+
+REPLICA_KINDS = {"pab": RankPAB}        # rank_spec()["kind"] → the class of the ranks' copies
+
+
+class Replicas:
+    """One rank's copies of rank 0's replicated wrappers (BlockCall.replicated), kept from call to call while
+    rank 0 sends the same ones, so their state (e.g. PAB's kept attention outputs) lasts the run: a spec with
+    another "run" (rank 0's wrapper was reset) makes a fresh copy; copies no call names any more are dropped.
+    A copy has begin(spec, batch, tokens) before each call and counts() → (int, int) after it."""
+
+    def __init__(self):
+        self.held = {}
+
+    def for_call(self, call: BlockCall) -> list:
+        kept = {}
+        for spec in call.replicated:
+            key = (spec["kind"], spec["run"])
+            replica = self.held.get(key) or REPLICA_KINDS[spec["kind"]](spec)
+            replica.begin(spec, call.batch, call.tokens)
+            kept[key] = replica
+        self.held = kept
+        return list(kept.values())
 
 
 def new_sequence_group(layout: ParallelLayout, rank: int, timeout):
@@ -212,10 +241,11 @@ def run_block_call(model, context: RankContext, call: BlockCall, tokens=None, ca
                    caption_bias=None, rope=None, wrappers=NO_WRAPPERS):
     """One run of `model`'s blocks across the group, called by every rank at the same time. Rank 0 passes
     the call's tensors (tokens [B, N, dim], caption [B, L, dim], modulation [B, 6*dim], caption_bias
-    [B, 1, 1, L] or None, rope for the whole grid) and gets the blocks' output tokens [B, N, dim] and each
-    rank's (status, blocks run); the other ranks pass None and get None. Raises Cancelled on rank 0
-    when any rank stopped. `wrappers`: rank 0's wrappers of the block and attention stages (they must not
-    change what the blocks compute: the other ranks run without them); no host options reach the attention."""
+    [B, 1, 1, L] or None, rope for the whole grid) and gets the blocks' output tokens [B, N, dim], each
+    rank's (status, blocks run), and per replicated wrapper (call.replicated) each rank's copy's counts();
+    the other ranks pass None and get None. Raises Cancelled on rank 0 when any rank stopped. `wrappers`:
+    rank 0's own wrappers of the block and attention stages (they must not change what the blocks compute:
+    the other ranks run without them); no host options reach the attention."""
     layout, rank, device, dtype = context.layout, context.rank, context.device, call.torch_dtype
     dim = model.config.inner_dim
     lead = rank == 0
@@ -253,6 +283,7 @@ def run_block_call(model, context: RankContext, call: BlockCall, tokens=None, ca
     # 3. The blocks on this rank's share (a group with no batch rows, e.g. B = 1 over two groups, idles).
     status, output = OK, torch.zeros_like(shard)
     attention = RankAttention(context, split_sizes(call.tokens, layout.seq))
+    replicas = context.replicas.for_call(call)
     if batch_stop > batch_start:
         rope = local_rope(rope if rope is not None else model.rope(call.grid, device), token_start, token_stop)
         rows, count = batch_stop - batch_start, token_stop - token_start
@@ -260,16 +291,20 @@ def run_block_call(model, context: RankContext, call: BlockCall, tokens=None, ca
         try:
             output[:rows, :count] = model.run_blocks(shard[:rows, :count], caption[batch_start:batch_stop],
                                                      modulation[batch_start:batch_stop], bias, rope,
-                                                     wrappers.adding(attention))
+                                                     wrappers.adding(*replicas, attention))
         except Cancelled:
             status = CANCELLED
 
     # 4. Every rank learns every status (so all skip the gather alike when one stopped); rank 0 collects.
-    report = torch.tensor([status, attention.blocks], dtype=torch.int64, device=device)
-    reports = [torch.empty_like(report) for _ in range(layout.world)]
-    dist.all_gather(reports, report)
-    reports = [tuple(int(v) for v in r.tolist()) for r in reports]
+    counts = [value for replica in replicas for value in replica.counts()]
+    report = torch.tensor([status, attention.blocks, *counts], dtype=torch.int64, device=device)
+    gathered_reports = [torch.empty_like(report) for _ in range(layout.world)]
+    dist.all_gather(gathered_reports, report)
+    values = [[int(v) for v in r.tolist()] for r in gathered_reports]
+    reports = [tuple(v[:2]) for v in values]
+    replica_counts = [[tuple(v[2 + 2 * i:4 + 2 * i]) for v in values] for i in range(len(replicas))]
     if any(s == CANCELLED for s, _ in reports):
+        context.replicas.held.clear()       # a stopped call leaves their counts mid-call: the next starts anew
         if lead:
             raise Cancelled(reports)
         return None
@@ -282,4 +317,4 @@ def run_block_call(model, context: RankContext, call: BlockCall, tokens=None, ca
         g, s = layout.position(other)
         (b0, b1), (n0, n1) = split_range(call.batch, layout.cfg, g), split_range(call.tokens, layout.seq, s)
         result[b0:b1, n0:n1] = piece[:b1 - b0, :n1 - n0]
-    return result, reports
+    return result, reports, replica_counts

@@ -60,6 +60,7 @@ class RankGroup:
         self.call_id = 0
         self.pings = 0                 # liveness checks sent (alive())
         self.last_reports = None       # (status, blocks run) of every rank in the last call
+        self.last_counts = []          # per replicated wrapper of the last call: every rank's copy's counts()
         self.state = "new"             # new → running → closed
 
     # --- lifetime ---------------------------------------------------------------------------------
@@ -184,15 +185,16 @@ class RankGroup:
         self.loaded_key = key
 
     def run_blocks(self, model, tokens, caption, modulation, caption_bias, rope, should_stop=None,
-                   wrappers=NO_WRAPPERS):
+                   wrappers=NO_WRAPPERS, replicated=()):
         """AllegroTransformer3D.run_blocks across the group (the model must be `load`ed): tokens [B, N, dim] →
         [B, N, dim]. should_stop() → bool is polled before every block; when it says stop, every rank stops
         within a block and Cancelled is raised here. `wrappers`: rank 0's own block-stage wrappers (e.g.
-        block swap), which must not change what the blocks compute."""
+        block swap), which must not change what the blocks compute. `replicated`: the rank_spec of each
+        wrapper every rank runs a copy of (e.g. PAB); their copies' counts land in `last_counts`."""
         self._require_running()
         self.call_id += 1
         call = BlockCall(self.call_id, tokens.shape[0], tokens.shape[1], tuple(rope.grid), caption.shape[1],
-                         caption_bias is not None, str(tokens.dtype).removeprefix("torch."))
+                         caption_bias is not None, str(tokens.dtype).removeprefix("torch."), tuple(replicated))
         key = stop_key(call.call_id)
         published = []
 
@@ -209,10 +211,11 @@ class RankGroup:
         self._send({"op": "blocks", "call": call.to_dict()})
         try:
             with self._watch("running the transformer blocks"):
-                output, self.last_reports = run_block_call(model, self.context, call, tokens, caption, modulation,
-                                                           caption_bias, rope, wrappers)
+                output, self.last_reports, self.last_counts = run_block_call(
+                    model, self.context, call, tokens, caption, modulation, caption_bias, rope, wrappers)
         except Cancelled as cancelled:
             self.last_reports = cancelled.args[0] if cancelled.args else None
+            self.last_counts = []
             raise
         finally:
             if published and self.notes is not None:
@@ -274,8 +277,10 @@ class RankGroup:
 
 class OnRankGroup(DiTWrapper):
     """The DiT's blocks stage on a rank group: the multi-GPU wrapper. `group`: a started RankGroup holding the
-    model (`load`), or a subclass's `group_for(call)`. Rank 0's block- and attention-stage wrappers run on rank 0
-    only, so one that changes what the blocks compute is refused."""
+    model (`load`), or a subclass's `group_for(call)`. A wrapper that `runs_on_ranks` (e.g. PAB) runs as a copy on
+    every rank (its rank_spec goes with the call, its copies' counts come back through ranks_ran); rank 0's other
+    block- and attention-stage wrappers run on rank 0 only, so one of them that changes what the blocks compute
+    is refused."""
     name = "Allegro Multi-GPU"
     order = INNER
     changes_output = False
@@ -285,7 +290,8 @@ class OnRankGroup(DiTWrapper):
 
     def check_compatible(self, others):
         for other in others:
-            if other.changes_output and (other.takes_part("block") or other.takes_part("attention")):
+            if other.changes_output and not other.runs_on_ranks and (other.takes_part("block")
+                                                                     or other.takes_part("attention")):
                 raise ValueError(f"{other.name} cannot run on the 'Allegro Multi-GPU' rank group (its other GPUs "
                                  "would run the blocks without it): remove one of the two nodes.")
 
@@ -293,9 +299,14 @@ class OnRankGroup(DiTWrapper):
         return self.group
 
     def wrap_blocks(self, run, call: BlocksInput):
-        local = Wrappers([w for w in call.wrappers.items if not w.takes_part("blocks")])
-        return self.group_for(call).run_blocks(call.model, call.tokens, call.context, call.modulation,
-                                               call.context_bias, call.rope, self.should_stop, local)
+        replicated = [w for w in call.wrappers.items if w.runs_on_ranks]
+        local = Wrappers([w for w in call.wrappers.items if not w.takes_part("blocks") and not w.runs_on_ranks])
+        group = self.group_for(call)
+        output = group.run_blocks(call.model, call.tokens, call.context, call.modulation, call.context_bias,
+                                  call.rope, self.should_stop, local, [w.rank_spec(call) for w in replicated])
+        for wrapper, counts in zip(replicated, group.last_counts):
+            wrapper.ranks_ran(counts)
+        return output
 
 
 class _Watch:

@@ -36,6 +36,9 @@ COMBINATIONS = (
     ("fp32", ("multigpu_seq2", "slg")),
     ("Q4_K", ("core_lora", "block_swap", "pab")),
     ("fp32", ("multigpu_seq2", "pab")),
+    ("fp32", ("multigpu_cfg2", "pab")),
+    ("Q8_0", ("pab", "multigpu_seq2")),
+    ("Q8_0", ("pab", "multigpu_cfg2")),
 )
 
 # Cells that are not "equal"/"changes" as the features' kinds say: refusals, by
@@ -45,8 +48,6 @@ EXCEPTIONS: dict[tuple[str, tuple[str, ...], str | None], str] = {
     # check before sampling (adapters/dit_seam.py, ON_PRE_RUN) cannot see it; the refusal comes at that call.
     ("fp32", ("multigpu_seq2", "slg"), None):
         "refused during step 1: cannot run on the 'Allegro Multi-GPU' rank group",
-    # PAB's attention skips would run on rank 0 only (adapters/dit_seam.py's check before sampling refuses it).
-    ("fp32", ("multigpu_seq2", "pab"), None): "refused: Allegro PAB cannot run on the 'Allegro Multi-GPU' rank group",
 }
 
 # TorchCompileModel's inductor compile takes 45-110 s per model and mode on 2 CPU cores: the default run

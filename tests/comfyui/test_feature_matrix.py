@@ -5,13 +5,14 @@ of the same combination without its result-preserving features (Multi-GPU, Block
 TorchCompileModel: ≤ 1e-4), changes it where a feature should (LoRA, caches: by more than 1e-3 of its norm,
 and the caches really skipped DiT passes), or is refused with the message the table names (before sampling, or where the table says so, during step 1).
 Besides the result: Block Swap really ran its streamed block on a fetched copy, Multi-GPU really ran both
-ranks, TorchCompileModel really traced the DiT.
+ranks (with PAB: both ranks' copies skipped), TorchCompileModel really traced the DiT.
 
 Measured (fp32 compute, this machine's AVX-512 kernels, 1 thread): Multi-GPU, Block Swap and the triples 0
 (bit-identical) in every format and mode; TorchCompileModel 1.9e-6 to 3.0e-6 (max relative, all 8 cells). Changes (norm): both LoRA
 loaders 5.7e-2 to 8.9e-2 (equal to each other), EasyCache 7.2e-3 to 8.5e-3, LazyCache 1.1e-2 to 2.7e-1, the
 step cache 1.4e-4 (T2V: one of 3 steps skipped late) to 3.3e-3 (TI2V); Allegro PAB (every attention reused at
-step 2 of 3) 1.4e-4 (T2V) and 3.2e-3 to 3.3e-3 (TI2V) in every format; LoRA + Block Swap + PAB equal to LoRA + PAB: 0."""
+step 2 of 3) 1.4e-4 (T2V) and 3.2e-3 to 3.3e-3 (TI2V) in every format; LoRA + Block Swap + PAB equal to LoRA + PAB: 0;
+PAB + Multi-GPU (sequence 2, CFG 2; fp32, Q8_0) equal to PAB alone: 0, each rank reusing 4 of its 12 attentions."""
 import os
 import sys
 
@@ -103,6 +104,7 @@ class Matrix:
     def __init__(self, comfy, model_names, monkeypatch):
         self.comfy, self.model_names, self.latents = comfy, model_names, {}
         self.block_passes, self.swaps = 0, []
+        self.pab_ranks = {}             # rank → [computed, skipped] attentions of PAB's copies on a rank group
         dit_class = package_module(".allegro.transformer", "AllegroTransformer3D").AllegroTransformer3D
         run_blocks = dit_class.run_blocks
 
@@ -117,9 +119,18 @@ class Matrix:
             swap_init(swap, *args, **kwargs)
             self.swaps.append(swap)
         monkeypatch.setattr(swap_class, "__init__", capturing)
+        pab_class = package_module(".nodes.pab", "SamplerPAB").SamplerPAB
+        ranks_ran = pab_class.ranks_ran
+
+        def adding(pab, counts):
+            for rank, (computed, skipped) in enumerate(counts):
+                total = self.pab_ranks.setdefault(rank, [0, 0])
+                total[0], total[1] = total[0] + computed, total[1] + skipped
+            return ranks_ran(pab, counts)
+        monkeypatch.setattr(pab_class, "ranks_ran", adding)
 
     def run(self, cell: Cell):
-        self.block_passes = 0
+        self.block_passes, self.pab_ranks = 0, {}
         return self.comfy.run(graph(cell, self.model_names), targets=["sample"], fresh=False)
 
     def latent(self, cell: Cell) -> torch.Tensor:
@@ -171,7 +182,7 @@ def test_cell(matrix, cell):
         torch._dynamo.reset()
         torch._dynamo.utils.counters.clear()
     latent = matrix.latent(cell)
-    passes = matrix.block_passes
+    passes, pab_ranks = matrix.block_passes, matrix.pab_ranks
     assert torch.isfinite(latent).all()
     if expect == "baseline":
         assert passes == STEPS
@@ -197,3 +208,6 @@ def test_cell(matrix, cell):
         assert group.alive() and group.layout.world == 2
         assert group.layout.cfg == (2 if "multigpu_cfg2" in cell.features else 1)
         assert group.last_reports == [(0, 2), (0, 2)]          # both ranks ran both blocks of the last call
+        if "pab" in cell.features:
+            # Every rank ran its own PAB: of 3 calls x 2 blocks x 2 attentions, each reused the 4 of call 2.
+            assert pab_ranks == {0: [8, 4], 1: [8, 4]}, pab_ranks
