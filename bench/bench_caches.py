@@ -22,7 +22,7 @@ from allegro.config import TransformerConfig
 from allegro_devtools.random_models import SIZES
 from bench import common
 from bench.bench_gpu import LATENT, attention_product_flops, flops_per_step
-from bench.bench_sampler import CFG, SEED
+from bench.common import CFG, SEED
 from bench.bench_step_cache import psnr
 from bench.bench_vae_decode import parse_size
 from bench.timing import alternate, markdown_table, median, report

@@ -21,14 +21,10 @@ import torch
 
 from allegro_devtools.random_models import SIZES
 from bench import common
+from bench.common import CFG, NEGATIVE, PROMPT, SCHEDULER, SEED
 from bench.bench_vae_decode import parse_size
 from bench.timing import alternate, markdown_table, median, report
 
-PROMPT = "A red fox runs through fresh snow at dawn, cinematic lighting."
-NEGATIVE = "blurry, low quality, watermark"
-SEED = 42
-CFG = 7.5
-SCHEDULER = "linspace (reference)"
 
 
 class StepClock:

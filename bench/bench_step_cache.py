@@ -21,7 +21,7 @@ import torch
 
 from allegro_devtools.random_models import SIZES
 from bench import common
-from bench.bench_sampler import CFG, SEED
+from bench.common import CFG, SEED
 from bench.bench_vae_decode import parse_size
 from bench.timing import alternate, markdown_table, median, report
 

@@ -7,6 +7,13 @@ from pathlib import Path
 from allegro_devtools.random_models import write_bench_pipeline
 from allegro_devtools.runtime import REPO_ROOT, prepare_base_dir
 
+# The benchmarks' one prompt, seed and reference sampling settings.
+PROMPT = "A red fox runs through fresh snow at dawn, cinematic lighting."
+NEGATIVE = "blurry, low quality, watermark"
+SEED = 42
+CFG = 7.5
+SCHEDULER = "linspace (reference)"
+
 DEFAULT_OUT = REPO_ROOT / "bench" / "out"
 
 
@@ -33,7 +40,6 @@ class SamplingSetup:
     sampler and noise stream) with the given, possibly patched, MODEL; `decode(latent)` gives the frames."""
 
     def __init__(self, size: str, video: tuple[int, int, int], steps: int, out_dir: Path = DEFAULT_OUT):
-        from bench.bench_sampler import CFG, NEGATIVE, PROMPT, SCHEDULER
         folder = write_pipeline(size, Path(out_dir))
         self.runtime = runtime = boot_comfy(Path(out_dir))
         choice = "diffusers/" + folder.name

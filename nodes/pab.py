@@ -3,16 +3,16 @@
 sampler and the stock KSampler alike, as the Allegro Step Cache does."""
 from comfy_api.v0_0_2 import io
 
-from ..allegro.dit_wrappers import BlocksInput
-from ..allegro.pab import DEFAULT_TIMESTEPS, PyramidAttentionBroadcast, SkipRule
+from ..allegro.pab import DEFAULT_TIMESTEPS, SkipRule
+from ..allegro.schedule import NUM_TRAIN_TIMESTEPS
 from ..adapters import checks
-from ..adapters.step_cache import cfg_stream
+from ..adapters.caches import SamplerPAB
 from .step_cache import CATEGORY
 
 NODE = "Allegro PAB"
 OPTION = "allegro_pab"
 MAX_SKIP_RANGE = 16
-LAST_TIMESTEP = 1000
+LAST_TIMESTEP = NUM_TRAIN_TIMESTEPS        # the widgets' range: timesteps 0 .. 1000
 
 
 class AllegroPAB(io.ComfyNode):
@@ -68,22 +68,3 @@ def rule(kind: str, every, start, end) -> SkipRule:
     return SkipRule(every, (start, end))
 
 
-class SamplerPAB(PyramidAttentionBroadcast):
-    """PAB in ComfyUI: the stream is the CFG batch layout (cond_or_uncond), the timestep the model's for the
-    call's sigma (through the MODEL's model_sampling); a new sampling run starts afresh."""
-
-    def __init__(self, spatial: SkipRule, cross: SkipRule, model_sampling):
-        super().__init__(spatial, cross)
-        self.model_sampling = model_sampling
-        self.run_sigmas = None
-
-    def position(self, call: BlocksInput) -> tuple:
-        options = call.options or {}
-        sigmas, sigma = options.get("sample_sigmas"), options.get("sigmas")
-        if sigmas is not None and sigmas is not self.run_sigmas:
-            self.reset()                      # a new sampling run (ComfyUI sets sample_sigmas once per run)
-            self.run_sigmas = sigmas
-        if sigma is None:
-            return cfg_stream(options), LAST_TIMESTEP       # no sigma known: outside every range, computes
-        timestep = float(self.model_sampling.timestep(sigma.flatten()[:1].float()).item())
-        return cfg_stream(options), timestep

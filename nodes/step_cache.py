@@ -4,7 +4,7 @@ node is in the graph; works with the Allegro sampler and the stock KSampler alik
 from comfy_api.v0_0_2 import io
 
 from ..adapters import checks
-from ..adapters.step_cache import SamplerStepCache
+from ..adapters.caches import SamplerStepCache
 
 CATEGORY = "Allegro/sampling"
 OPTION = "allegro_step_cache"

@@ -119,7 +119,7 @@ class Matrix:
             swap_init(swap, *args, **kwargs)
             self.swaps.append(swap)
         monkeypatch.setattr(swap_class, "__init__", capturing)
-        pab_class = package_module(".nodes.pab", "SamplerPAB").SamplerPAB
+        pab_class = package_module(".adapters.caches", "SamplerPAB").SamplerPAB
         ranks_ran = pab_class.ranks_ran
 
         def adding(pab, counts):
@@ -148,7 +148,7 @@ def matrix(comfy, base_dir, quantized_models):
     Image.fromarray(pixels).save(base_dir / "input" / IMAGE)
     with pytest.MonkeyPatch.context() as monkeypatch:
         yield Matrix(comfy, quantized_models, monkeypatch)
-    package_module(".nodes.parallel", "AllegroMultiGPU").shutdown()
+    package_module(".adapters.parallel", "ParallelRoute").shutdown()
 
 
 def write_lora(base_dir) -> None:
@@ -204,7 +204,7 @@ def test_cell(matrix, cell):
         assert torch._dynamo.utils.counters["stats"]["unique_graphs"] > 0, "torch.compile never traced the DiT"
         torch._dynamo.reset()
     if {"multigpu_seq2", "multigpu_cfg2"} & set(cell.features):
-        group = package_module(".nodes.parallel", "AllegroMultiGPU")._group
+        group = package_module(".adapters.parallel", "ParallelRoute")._group
         assert group.alive() and group.layout.world == 2
         assert group.layout.cfg == (2 if "multigpu_cfg2" in cell.features else 1)
         assert group.last_reports == [(0, 2), (0, 2)]          # both ranks ran both blocks of the last call
