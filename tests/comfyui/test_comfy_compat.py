@@ -74,6 +74,9 @@ def test_vae_falls_back_to_known_defaults_if_the_constructor_refuses(comfy, tiny
 
 
 def test_encode_takes_not_video_as_newer_comfyui_passes_it(comfy, tiny_models):
+    """encode(images, not_video=True), as newer ComfyUI passes it, encodes each image as a one-frame video, alike in a
+    batch, one by one and tiled. Measured spread (avx2/avx512, 1 thread; ComfyUI 0.3.75, 0.33.0 and 0.8.0 alike):
+    batch vs one 2.4e-6 in every setting, tiled 0; bound 1e-5 (4.2x the largest)."""
     vae = load_vae(comfy)
     images = frames(count=3)
     as_video = vae.encode(images)
@@ -102,6 +105,9 @@ def fake_dynamic_patcher():
 
 
 def test_models_use_the_core_patcher_class_and_load_weights_for_it(comfy, tiny_models, monkeypatch):
+    """The models load through core's ModelPatcher class, and the weights it loads predict what the file's weights
+    predict. Measured spread (avx2/avx512, 1 thread; ComfyUI 0.3.75, 0.33.0 and 0.8.0 alike): 2.5e-7 .. 3.0e-7;
+    bound 2e-6 (6.7x the largest)."""
     from comfy import model_patcher
     dynamic = fake_dynamic_patcher()
     monkeypatch.setattr(model_patcher, "CoreModelPatcher", dynamic, raising=False)
@@ -138,7 +144,9 @@ def test_dynamic_patchers_keep_the_state_dicts_tensors(comfy, tiny_models):
 @pytest.mark.parametrize("name", [T2V, "allegro_tiny_ti2v.safetensors"])
 def test_cached_patcher_init_rebuilds_the_model_from_its_files(comfy, tiny_models, name):
     """Newer ComfyUI's clone(force_deepcopy=True) and non-dynamic delegates call the factory as
-    factory(*args, disable_dynamic=True); its multi-GPU deep clone as factory(*args)."""
+    factory(*args, disable_dynamic=True); its multi-GPU deep clone as factory(*args).
+    Measured spread (avx2/avx512, 1 thread; ComfyUI 0.3.75, 0.33.0 and 0.8.0 alike): 0 for both checkpoints (the
+    same weights rebuilt); bound 1e-6."""
     from comfy import model_patcher
     patcher = load_model(comfy, name)
     factory, args = patcher.cached_patcher_init

@@ -223,6 +223,9 @@ def test_per_model_attention_setter_of_newer_comfyui(comfy, tiny_models):
 
 
 def test_torch_compile_model_runs_the_compiled_dit(comfy, tiny_models):
+    """TorchCompileModel (inductor) compiles the DiT, and the compiled DiT samples what the eager one samples. Measured
+    spread (avx512, 1 thread; three ComfyUI versions): 5.2e-7 (norm-relative); bound 1e-4 (190x: inductor writes its
+    own kernels and orders sums as it likes, so ATEN_CPU_CAPABILITY does not bound what it does)."""
     import torch._dynamo
     torch._dynamo.reset()
     torch._dynamo.utils.counters.clear()

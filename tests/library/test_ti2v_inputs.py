@@ -39,6 +39,9 @@ def test_prepare_image_crops_resizes_and_scales():
 
 
 def test_prepare_image_drops_alpha_and_handles_one_pixel():
+    """An RGBA image loses its alpha; a one-pixel image fills the frame with its colour, scaled to -1..1. Measured
+    spread (default/avx2/avx512 × 1/2 threads): 0 in every setting (absolute); bound torch.allclose's default, rtol
+    1e-5 + atol 1e-8."""
     rgba = torch.rand(20, 30, 4)
     assert torch.equal(prepare_image(rgba, 16, 16), prepare_image(rgba[..., :3], 16, 16))
     one = torch.tensor([[[1.0, 0.0, 0.5]]])
@@ -209,6 +212,9 @@ def constant_frames(values) -> torch.Tensor:
 
 
 def test_join_blends_or_drops_the_overlap_by_hand():
+    """Joining two clips blends the overlap with linear weights (or drops it) and keeps the other frames as they are.
+    Measured spread (default/avx2/avx512 × 1/2 threads): 0 in every setting (absolute, the blend vs the weights by
+    hand); bound atol 1e-6."""
     previous, following = constant_frames([0, 1, 2, 3, 4, 5]), constant_frames([10, 11, 12, 13, 14])
     blended = join_clips(previous, following, 2, "blend")[:, 0, 0, 0]
     # overlap frames: previous 4, 5 and next 10, 11 with next's weights 1/3, 2/3

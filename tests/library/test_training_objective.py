@@ -78,6 +78,8 @@ def inputs(seed=0, batch=2, frames=3, size=8):
 
 
 def test_add_noise_equals_ddpm_scheduler():
+    """add_noise equals DDPMScheduler.add_noise for the same latents, noise and timesteps. Measured spread
+    (avx2/avx512, 1 thread): 0; bound 1e-6."""
     latent, noise, _, _, timesteps = inputs()
     timesteps = torch.tensor([0, 999])
     expected = DDPMScheduler().add_noise(latent, noise, timesteps)
@@ -85,6 +87,8 @@ def test_add_noise_equals_ddpm_scheduler():
 
 
 def test_min_snr_weights_equal_compute_snr():
+    """The min-SNR-gamma weights equal those from diffusers' compute_snr. Measured spread (avx2/avx512, 1 thread):
+    7.45e-9 in every setting; bound 1e-6 (134x: a float32 floor of a few ulp, not a measured spread)."""
     timesteps = torch.arange(0, 1000, 37)
     snr = compute_snr(DDPMScheduler(), timesteps)
     expected = torch.minimum(snr, torch.full_like(snr, 5.0)) / snr
@@ -97,6 +101,8 @@ def test_min_snr_weights_equal_compute_snr():
 
 @pytest.mark.parametrize("gamma", [5.0, None])
 def test_masked_loss_equals_seed(gamma):
+    """The masked diffusion loss equals the seed trainer's, and what the mask hides changes nothing. Measured spread
+    (avx2/avx512, 1 thread): 0 with and without min-SNR; bound 1e-6."""
     generator = torch.Generator().manual_seed(3)
     prediction, target = torch.randn(2, 4, 3, 4, 4, generator=generator), torch.randn(2, 4, 3, 4, 4, generator=generator)
     timesteps = torch.tensor([5, 700])
@@ -112,6 +118,8 @@ def test_masked_loss_equals_seed(gamma):
 
 @pytest.mark.parametrize("gamma", [5.0, None])
 def test_loss_and_gradient_equal_seed_on_the_dit(gamma):
+    """On the tiny DiT, the loss and the LoRA gradient equal the seed trainer's. Measured spread (avx2/avx512, 1
+    thread): loss 0; gradient 0 without min-SNR, 3.4e-8 .. 6.8e-8 with gamma 5; bound 1e-5 each (148x the largest)."""
     reference = reference_model(seed=4)
     ours, _ = ours_from(reference)
     latent, noise, context, caption_mask, timesteps = inputs()

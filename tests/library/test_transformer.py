@@ -34,6 +34,8 @@ def reference_rope(frames, rows, cols, head_dim, scales=(2.2, 2.0, 2.0)):
 
 
 def test_rope_equals_reference():
+    """The 3D rotary embedding equals the reference's apply_rotary_emb_allegro. Measured spread (default/avx2/avx512 ×
+    1/2 threads): 0 (the same elementwise ops on the same tensors); bound 1e-6."""
     torch.manual_seed(1)
     x = torch.randn(2, 3, 4 * 5 * 6, 24)
     ours = RotaryEmbedding3D(24, (4, 5, 6), (2.2, 2.0, 2.0)).apply(x)
@@ -53,6 +55,9 @@ def test_state_dict_names_and_shapes_equal_diffusers():
 
 @pytest.mark.parametrize("frames,height,width", [(3, 8, 8), (6, 20, 12)])
 def test_forward_equals_diffusers_with_caption_mask(frames, height, width):
+    """One DiT forward equals diffusers' with a caption mask, and what the mask hides changes nothing. Measured spread
+    (default/avx2/avx512 × 1/2 threads): vs diffusers 0, padding changed 0, at both sizes; bound 1e-5 (the DiT
+    parity bound, for kernels that order a sum otherwise)."""
     reference = reference_model()
     model, _ = ours_from(reference)
     torch.manual_seed(2)
@@ -94,6 +99,8 @@ def ti2v_from(reference, branch_std):
 
 
 def test_ti2v_with_zeroed_branches_equals_t2v():
+    """The TI2V DiT with its image branches zeroed computes what the T2V DiT computes. Measured spread
+    (default/avx2/avx512 × 1/2 threads): 0; bound 1e-5 (the DiT parity bound)."""
     reference = reference_model()
     t2v, _ = ours_from(reference)
     ti2v = ti2v_from(reference, branch_std=0.0)
@@ -155,6 +162,8 @@ def test_rope_shared_tables_reproduce_the_original_cache():
 
 
 def test_chunked_feed_forward_equals_unchunked():
+    """The feed-forward run in chunks of the sequence equals the unchunked feed-forward. Measured spread
+    (default/avx2/avx512 × 1/2 threads): 1.7e-7 .. 2.2e-7; bound 1e-6 (4.5x the largest)."""
     model, _ = ours_from(reference_model())
     torch.manual_seed(7)
     x, timestep, context = torch.randn(1, 4, 5, 8, 10), torch.tensor([300.0]), torch.randn(1, 6, 32)
@@ -172,6 +181,10 @@ def at(cache, progress):
 
 
 def test_step_cache_skips_blocks_and_reuses_the_residual():
+    """The step cache computes the first step exactly and at a cached step skips the blocks, reusing the last residual:
+    the output moves, by less than half its largest value. Measured spread (default/avx2/avx512 × 1/2 threads):
+    first step computed 0 in every setting (bound 1e-6); the cached step's change relative to the largest value
+    0.0258 in every setting (a change check: > 0 and < 0.5)."""
     from allegro.step_cache import StepCache
     model, _ = ours_from(reference_model())
     torch.manual_seed(8)

@@ -39,6 +39,8 @@ def table_rows(out: str) -> list[list[str]]:
 
 
 def test_sampler_bench(out_dir):
+    """The sampler benchmark runs, and its latent equals diffusers' pipeline. Measured spread (avx512, 1 thread;
+    ComfyUI 0.3.75 and 0.33.0): 1.1e-6; bound 1e-4 (91x the largest)."""
     out = run_quick("sampler", out_dir)
     rows = table_rows(out)
     assert len(rows) == 3 and rows[-1][0].startswith("diffusers")
@@ -78,6 +80,8 @@ def test_vae_decode_bench_has_no_holes(out_dir):
 
 
 def test_ti2v_encode_bench_shortcut_is_exact(out_dir):
+    """The TI2V encode benchmark's shortcut equals encoding the whole video. Measured spread (avx512, 1 thread; ComfyUI
+    0.3.75 and 0.33.0): 1.13e-6; bound 1e-5 (8.8x the largest)."""
     out = run_quick("ti2v_encode", out_dir)
     differences = [float(v) for v in re.findall(r"frame: ([0-9.e+-]+) \(latent max", out)]
     assert len(differences) == 1
