@@ -4,6 +4,7 @@ import re
 import subprocess
 import sys
 import tomllib
+from pathlib import Path
 
 from allegro_devtools.runtime import REPO_ROOT
 
@@ -69,3 +70,40 @@ def test_the_model_library_imports_without_comfyui():
     done = subprocess.run([sys.executable, "-c", script], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert int(done.stdout.strip()) >= 10
+
+
+def relative_imports(path: Path) -> set[str]:
+    """The package modules a file imports, as paths from the repository root ("adapters.model", "nodes")."""
+    import ast
+    package = path.parent.relative_to(REPO_ROOT).parts
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.ImportFrom) and node.level:
+            base = package[:len(package) - node.level + 1]
+            module = ".".join(base + tuple((node.module or "").split(".") if node.module else ()))
+            found |= {module} if node.module else {f"{module}.{alias.name}".strip(".") for alias in node.names}
+    return found
+
+
+def test_the_layout_keeps_its_direction():
+    """allegro/ imports nothing of the package's ComfyUI side; adapters/ never imports a node module (nodes/ is
+    thin over adapters/, not the other way round); every node module defines node classes (a file of nodes/
+    without one would be an adapter in the wrong place)."""
+    for path in sorted((REPO_ROOT / "allegro").glob("*.py")):
+        wrong = {m for m in relative_imports(path) if m.split(".")[0] in ("adapters", "nodes")}
+        assert not wrong, f"{path.name} imports {wrong}"
+    for path in sorted((REPO_ROOT / "adapters").glob("*.py")):
+        wrong = {m for m in relative_imports(path) if m.split(".")[0] == "nodes"}
+        assert not wrong, f"adapters/{path.name} imports the node modules {wrong}"
+    for path in sorted((REPO_ROOT / "nodes").glob("*.py")):
+        if path.name != "__init__.py":
+            assert "(io.ComfyNode):" in path.read_text(encoding="utf-8"), f"nodes/{path.name} defines no node class"
+
+
+def test_the_layout_check_sees_a_wrong_import(tmp_path, monkeypatch):
+    """The check above can fail: an adapter importing a node module is found."""
+    (tmp_path / "adapters").mkdir()
+    wrong = tmp_path / "adapters" / "wrong.py"
+    wrong.write_text("from ..nodes.sampler import AllegroSampler\nfrom . import checks\n", encoding="utf-8")
+    monkeypatch.setattr(sys.modules[__name__], "REPO_ROOT", tmp_path)
+    assert relative_imports(wrong) == {"nodes.sampler", "adapters.checks"}
