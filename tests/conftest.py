@@ -14,7 +14,7 @@ NUMERICS_MODULES = {
     "test_vae", "test_transformer", "test_t2v_parity", "test_model_loader", "test_comfy_compat", "test_model_variants",
     "test_ti2v_keyframes", "test_ti2v_extend", "test_ti2v_inputs", "test_native_clip", "test_lora",
     "test_quantized_models", "test_quantization", "test_vae_node_tiling", "test_schedule", "test_core_nodes",
-    "test_training_objective", "test_pab",
+    "test_training_objective", "test_pab", "test_parallel", "test_pab_parallel",
 }
 
 

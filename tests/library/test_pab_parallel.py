@@ -3,8 +3,9 @@ processes over gloo): every rank runs its own copy of the PAB on its share of ea
 attentions as one process would (the counts each rank reports), and the sampled latents equal the
 single-process PAB run; a reset (a new run) starts every rank's copy afresh.
 
-Measured (fp32, 1 thread): 0 max relative difference to the single-process PAB run for sequence 2 and CFG 2
-(the shards compute the same products); bound 1e-5, the multi-GPU tests' bound. PAB itself moves the result
+Measured spread (default/avx2/avx512 x 1/2 threads; docs/numerics-spread.md), max relative to the single-process
+PAB run: sequence 2 0 everywhere; CFG 2 0 at 1 thread, 9.2e-7 to 1.1e-6 at 2 threads (a CFG half is a smaller batch
+than the single process's); bound 1e-5, the multi-GPU tests' bound (8.9x the largest). PAB itself moves the result
 by 6.4e-3 of its norm here."""
 import pytest
 import torch
