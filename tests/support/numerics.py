@@ -39,6 +39,7 @@ def record(value: float, label: str = "", bound: float | None = None) -> None:
     if not path:
         return
     test = os.environ.get("PYTEST_CURRENT_TEST", "?").rsplit(" (", 1)[0]
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)     # ALLEGRO_SPREAD_DIR may not exist yet
     with open(path, "a", encoding="utf-8") as out:
         out.write(json.dumps({"test": test, "label": label, "value": value, "bound": bound}) + "\n")
 
