@@ -7,7 +7,7 @@ from diffusers import AllegroTransformer3DModel
 from diffusers.models.embeddings import get_3d_rotary_pos_embed_allegro
 
 from allegro.schedule import sigma_at, timestep_at, training_sigmas
-from numerics import assert_relative
+from numerics import assert_measured, assert_relative
 
 pytestmark = pytest.mark.slow
 
@@ -65,11 +65,11 @@ def test_model_sampling_is_allegros_training_schedule(comfy, tiny_models):
     setting (bound 1e-5)."""
     sampling = load(comfy, "diffusers/Allegro-tiny").get_model_object("model_sampling")
     assert torch.equal(sampling.sigmas, training_sigmas())
-    assert sampling.sigma_max.item() == pytest.approx(157.4073, abs=1e-3)
+    assert_measured(abs(sampling.sigma_max.item() - 157.4073), 1e-3, "sigma_max abs")
     t = torch.tensor([999.0, 388.909, 12.5, 0.0])
     assert torch.equal(sampling.sigma(t), sigma_at(t, training_sigmas()))
     # Continuous timesteps (not ComfyUI's nearest-integer lookup).
-    assert sampling.timestep(sampling.sigma(torch.tensor([12.5]))).item() == pytest.approx(12.5, abs=1e-5)
+    assert_measured(abs(sampling.timestep(sampling.sigma(torch.tensor([12.5]))).item() - 12.5), 1e-5, "round trip abs")
     # Start noise as the reference scheduler: randn * sigma_max.
     noise = torch.ones(1, 4, 1, 2, 2)
     assert torch.equal(sampling.noise_scaling(sampling.sigma_max, noise, torch.zeros_like(noise), True),
@@ -121,8 +121,7 @@ def test_weight_dtypes_store_as_asked_and_compute_upcast(comfy, tiny_models, dty
         expected = exact.apply_model(x, sigma, c_crossattn=context, attention_mask=mask)
         actual = model.apply_model(x, sigma, c_crossattn=context, attention_mask=mask)
     assert actual.dtype == torch.float32 and torch.isfinite(actual).all()
-    error = ((actual - expected).abs().max() / expected.abs().max()).item()
-    assert error <= tolerance, f"{dtype}: relative error {error:.3g}"
+    assert_relative(actual, expected, tolerance, dtype)
 
 
 def test_the_latent_scale_comes_from_the_downloads_vae_config(comfy, tiny_models):

@@ -20,6 +20,7 @@ import torch
 
 from allegro import training
 from allegro_devtools.graphs import run_t2v, t2v_graph
+from numerics import assert_relative
 
 pytestmark = pytest.mark.slow
 
@@ -64,6 +65,10 @@ def saved_loras(base_dir) -> set:
 
 @pytest.mark.parametrize("kind", ["t2v", "ti2v"])
 def test_core_train_lora_after_sampling(comfy, base_dir, kind):
+    """Core Train LoRA works on an Allegro MODEL after it sampled, and the LoRA it saves, loaded by either loader,
+    gives what the trainer's own MODEL gives. Measured spread (default/avx2/avx512 × 1/2 threads), saved LoRA vs the
+    trainer's MODEL, relative to the largest value: 0 in every setting; bound 1e-4,
+    in place of an element-wise allclose(rtol=1e-4, atol=1e-4)."""
     before = saved_loras(base_dir)
     with torch.inference_mode():
         model = comfy.call("AllegroVideo_ModelLoader", model_name=MODELS[kind], weight_dtype="fp32")[0]
@@ -91,7 +96,7 @@ def test_core_train_lora_after_sampling(comfy, base_dir, kind):
     for which, video in videos.items():
         assert torch.isfinite(video).all() and not torch.equal(video, untrained), which
     # The saved LoRA is the trained one: loading it gives what the trainer's own MODEL gives.
-    assert torch.allclose(videos["AllegroVideo_LoraLoader"], videos["trained"], rtol=1e-4, atol=1e-4)
+    assert_relative(videos["AllegroVideo_LoraLoader"], videos["trained"], 1e-4, "saved LoRA vs the trainer's MODEL")
 
 
 def install_lora(base_dir, before: set) -> str:
