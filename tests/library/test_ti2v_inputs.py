@@ -47,7 +47,9 @@ def test_prepare_image_drops_alpha_and_handles_one_pixel():
     assert torch.equal(prepare_image(rgba, 16, 16), prepare_image(rgba[..., :3], 16, 16))
     one = torch.tensor([[[1.0, 0.0, 0.5]]])
     out = prepare_image(one, 16, 32)
-    assert_measured((out - torch.tensor([1.0, -1.0, 0.0]).view(3, 1, 1)).abs().max().item(), 1e-5, "abs")
+    expected = torch.tensor([1.0, -1.0, 0.0]).view(3, 1, 1).expand(3, 16, 32)
+    assert out.shape == expected.shape
+    assert_measured((out - expected).abs().max().item(), 1e-5, "abs")
 
 
 def hand_mask(latent_frames, given):
